@@ -1,0 +1,223 @@
+// CUDA kernels of rk_combine and its backward: a grid-stride loop with 16-byte
+// vector loads when every operand is aligned for them, launched on the current
+// stream. Half types are widened to float for the arithmetic.
+
+#include "../rk_combine.h"
+#include "vector_access.cuh"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+namespace anode_ext {
+namespace {
+
+// Operands handed to one launch by value; more are folded in by further launches.
+constexpr int kMaxOperands = 16;
+
+template <typename T>
+struct OperandArray {
+  T items[kMaxOperands];
+};
+
+template <typename scalar_t, int kVec>
+__global__ void rk_combine_kernel(scalar_t* __restrict__ out, const scalar_t* __restrict__ y,
+                                  OperandArray<const scalar_t*> ks,
+                                  OperandArray<at::opmath_type<scalar_t>> coeffs, int num_ks,
+                                  int64_t numel) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t num_vecs = numel / kVec;
+  for (int64_t v = first; v < num_vecs; v += stride) {
+    acc_t acc[kVec];
+    load_widened<kVec>(acc, y, v);
+    for (int j = 0; j < num_ks; ++j) {
+      acc_t k[kVec];
+      load_widened<kVec>(k, ks.items[j], v);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        acc[e] = rk_accumulate(acc[e], coeffs.items[j], k[e]);
+      }
+    }
+    store_narrowed<kVec>(out, v, acc);
+  }
+  for (int64_t i = num_vecs * kVec + first; i < numel; i += stride) {
+    acc_t acc = static_cast<acc_t>(y[i]);
+    for (int j = 0; j < num_ks; ++j) {
+      acc = rk_accumulate(acc, coeffs.items[j], static_cast<acc_t>(ks.items[j][i]));
+    }
+    out[i] = static_cast<scalar_t>(acc);
+  }
+}
+
+template <typename scalar_t, int kVec>
+__global__ void rk_scale_kernel(OperandArray<scalar_t*> outs, const scalar_t* __restrict__ grad,
+                                OperandArray<at::opmath_type<scalar_t>> coeffs, int num_outs,
+                                int64_t numel) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t num_vecs = numel / kVec;
+  for (int64_t v = first; v < num_vecs; v += stride) {
+    acc_t g[kVec];
+    load_widened<kVec>(g, grad, v);
+    for (int j = 0; j < num_outs; ++j) {
+      acc_t scaled[kVec];
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        scaled[e] = rk_scale(coeffs.items[j], g[e]);
+      }
+      store_narrowed<kVec>(outs.items[j], v, scaled);
+    }
+  }
+  for (int64_t i = num_vecs * kVec + first; i < numel; i += stride) {
+    const acc_t g = static_cast<acc_t>(grad[i]);
+    for (int j = 0; j < num_outs; ++j) {
+      outs.items[j][i] = static_cast<scalar_t>(rk_scale(coeffs.items[j], g));
+    }
+  }
+}
+
+// Enough blocks to fill every SM a few times over; the grid-stride loop covers the rest.
+int64_t grid_size(int64_t work_items, int threads) {
+  const int64_t wanted = (work_items + threads - 1) / threads;
+  const int64_t resident = static_cast<int64_t>(
+      at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
+  return std::max<int64_t>(1, std::min(wanted, resident));
+}
+
+constexpr int kThreads = 256;
+
+template <typename scalar_t>
+void launch_combine(scalar_t* out, const scalar_t* y, const std::vector<const scalar_t*>& ks,
+                    const std::vector<at::opmath_type<scalar_t>>& coeffs, size_t first,
+                    size_t count, int64_t numel) {
+  OperandArray<const scalar_t*> k_arr{};
+  OperandArray<at::opmath_type<scalar_t>> c_arr{};
+  bool aligned = is_vector_aligned<scalar_t>(out) && is_vector_aligned<scalar_t>(y);
+  for (size_t j = 0; j < count; ++j) {
+    k_arr.items[j] = ks[first + j];
+    c_arr.items[j] = coeffs[first + j];
+    aligned = aligned && is_vector_aligned<scalar_t>(ks[first + j]);
+  }
+  constexpr int kVec = vector_width<scalar_t>();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (aligned) {
+    rk_combine_kernel<scalar_t, kVec><<<grid_size(numel / kVec + 1, kThreads), kThreads, 0, stream>>>(
+        out, y, k_arr, c_arr, static_cast<int>(count), numel);
+  } else {
+    rk_combine_kernel<scalar_t, 1><<<grid_size(numel, kThreads), kThreads, 0, stream>>>(
+        out, y, k_arr, c_arr, static_cast<int>(count), numel);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Writes y + h * sum_i w_i k_i into `out`, which must be dense.
+void combine_into(const at::Tensor& out, const at::Tensor& y, at::TensorList ks,
+                  at::ArrayRef<double> weights, double h) {
+  const int64_t numel = out.numel();
+  if (numel == 0) {
+    return;
+  }
+  const c10::cuda::CUDAGuard guard(out.device());
+  const at::Tensor y_flat = match_layout(y, out);
+  std::vector<at::Tensor> ks_flat;
+  ks_flat.reserve(ks.size());
+  for (const at::Tensor& k : ks) {
+    ks_flat.push_back(match_layout(k, out));
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "rk_combine_cuda", [&] {
+    const auto coeffs = rk_coefficients<at::opmath_type<scalar_t>>(weights, h);
+    std::vector<const scalar_t*> k_ptrs;
+    for (const at::Tensor& k : ks_flat) {
+      k_ptrs.push_back(k.const_data_ptr<scalar_t>());
+    }
+    scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+    const scalar_t* source = y_flat.const_data_ptr<scalar_t>();
+    for (size_t first = 0; first < k_ptrs.size(); first += kMaxOperands) {
+      const size_t count = std::min<size_t>(kMaxOperands, k_ptrs.size() - first);
+      launch_combine<scalar_t>(out_ptr, source, k_ptrs, coeffs, first, count, numel);
+      // Later groups of ks add onto the partial sum already in `out`.
+      source = out_ptr;
+    }
+  });
+}
+
+at::Tensor rk_combine_cuda(const at::Tensor& y, at::TensorList ks, at::ArrayRef<double> weights,
+                           double h) {
+  check_rk_combine_args(y, ks, weights);
+  // empty_like is always dense and keeps a dense input's layout (e.g.
+  // channels_last), so inputs that share it are read in place.
+  const at::Tensor out = at::empty_like(y);
+  combine_into(out, y, ks, weights, h);
+  return out;
+}
+
+void rk_combine_out_cuda(const at::Tensor& out, const at::Tensor& y, at::TensorList ks,
+                         at::ArrayRef<double> weights, double h) {
+  check_rk_combine_args(y, ks, weights);
+  check_rk_combine_out(out, y, ks);
+  if (is_flat_writable(out)) {
+    combine_into(out, y, ks, weights, h);
+    return;
+  }
+  at::Tensor dense = at::empty_like(out, at::MemoryFormat::Contiguous);
+  combine_into(dense, y, ks, weights, h);
+  out.copy_(dense);
+}
+
+std::vector<at::Tensor> rk_combine_backward_cuda(const at::Tensor& grad,
+                                                 at::ArrayRef<double> weights, double h) {
+  check_rk_combine_backward_args(grad, weights);
+  const at::Tensor g = is_flat_writable(grad) ? grad : grad.contiguous();
+  std::vector<at::Tensor> outs;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    outs.push_back(at::empty_like(g));
+  }
+  const int64_t numel = g.numel();
+  if (numel == 0) {
+    return outs;
+  }
+  const c10::cuda::CUDAGuard guard(g.device());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "rk_combine_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto coeffs = rk_coefficients<acc_t>(weights, h);
+    const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    constexpr int kVec = vector_width<scalar_t>();
+    for (size_t first = 0; first < outs.size(); first += kMaxOperands) {
+      const size_t count = std::min<size_t>(kMaxOperands, outs.size() - first);
+      OperandArray<scalar_t*> o_arr{};
+      OperandArray<acc_t> c_arr{};
+      bool aligned = is_vector_aligned<scalar_t>(g_ptr);
+      for (size_t j = 0; j < count; ++j) {
+        o_arr.items[j] = outs[first + j].mutable_data_ptr<scalar_t>();
+        c_arr.items[j] = coeffs[first + j];
+        aligned = aligned && is_vector_aligned<scalar_t>(o_arr.items[j]);
+      }
+      if (aligned) {
+        rk_scale_kernel<scalar_t, kVec><<<grid_size(numel / kVec + 1, kThreads), kThreads, 0, stream>>>(
+            o_arr, g_ptr, c_arr, static_cast<int>(count), numel);
+      } else {
+        rk_scale_kernel<scalar_t, 1><<<grid_size(numel, kThreads), kThreads, 0, stream>>>(
+            o_arr, g_ptr, c_arr, static_cast<int>(count), numel);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return outs;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(anode_ext, CUDA, m) {
+  m.impl("rk_combine", &rk_combine_cuda);
+  m.impl("rk_combine_out", &rk_combine_out_cuda);
+  m.impl("rk_combine_backward", &rk_combine_backward_cuda);
+}
+
+}  // namespace anode_ext

@@ -1,0 +1,172 @@
+"""Builds anode_ext and its compiled library anode_ext._C.
+
+CPU kernels are always built. CUDA kernels are built when torch is a CUDA build
+and a CUDA toolkit is found; no GPU is needed at build time.
+
+Environment:
+  ANODE_EXT_FORCE_CUDA=1   a missing CUDA toolkit or CPU-only torch is an error
+  ANODE_EXT_FORCE_CPU=1    skip the CUDA kernels
+  CUDA_HOME                the toolkit root (the folder holding include/cuda_runtime.h)
+  TORCH_CUDA_ARCH_LIST     CUDA architectures; default: the visible GPUs, else "8.0;9.0"
+  MAX_JOBS                 parallel compile jobs (ninja)
+"""
+
+import glob
+import os
+import re
+import shutil
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "8.0;9.0"
+
+
+def env_flag(name: str) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise RuntimeError(f"{name}={value!r} is not understood; expected 1 or 0")
+
+
+def is_toolkit_root(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "include", "cuda_runtime.h")) and bool(
+        glob.glob(os.path.join(path, "lib64", "libcudart.so*"))
+        or glob.glob(os.path.join(path, "lib", "libcudart.so*"))
+    )
+
+
+def find_cuda_home() -> str | None:
+    """Locates the CUDA toolkit root.
+
+    torch guesses it from the nvcc on PATH, which may be a wrapper script outside
+    the toolkit; follow symlinks and check each candidate for the runtime headers.
+    """
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc is not None:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+        with open(nvcc, "rb") as f:
+            head = f.read(4096)
+        if head.startswith(b"#!"):
+            for target in re.findall(rb"(/\S+)/bin/nvcc", head):
+                candidates.append(target.decode())
+    candidates.append("/usr/local/cuda")
+    for path in candidates:
+        if path and is_toolkit_root(path):
+            return os.path.realpath(path)
+    return None
+
+
+def nvidia_wheel_includes() -> list[str]:
+    """Headers from torch's nvidia wheels (cuBLAS, cuSPARSE, ...) that
+    ATen/cuda/CUDAContext.h needs but a bare toolkit may lack."""
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    found = []
+    for base in nvidia.__path__:
+        found += sorted(glob.glob(os.path.join(base, "cu*", "include")))
+        found += sorted(glob.glob(os.path.join(base, "*", "include")))
+    return sorted(set(p for p in found if os.path.isdir(p)))
+
+
+def resolve_arch_list(torch) -> str:
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if not arch_list:
+        if torch.cuda.is_available():
+            caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+            arch_list = ";".join(f"{major}.{minor}" for major, minor in sorted(caps))
+        else:
+            arch_list = DEFAULT_ARCH_LIST
+            print(f"anode_ext: no GPU visible, building for TORCH_CUDA_ARCH_LIST={arch_list}")
+        os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
+    return arch_list
+
+
+def want_cuda(torch, cuda_home: str | None) -> bool:
+    force_cuda = env_flag("ANODE_EXT_FORCE_CUDA")
+    force_cpu = env_flag("ANODE_EXT_FORCE_CPU")
+    if force_cuda and force_cpu:
+        raise RuntimeError("ANODE_EXT_FORCE_CUDA and ANODE_EXT_FORCE_CPU are both set; set one")
+    if force_cpu:
+        return False
+    problems = []
+    if torch.version.cuda is None:
+        problems.append(f"torch {torch.__version__} is not a CUDA build")
+    if cuda_home is None:
+        problems.append(
+            "no CUDA toolkit found (set CUDA_HOME to the folder holding include/cuda_runtime.h)"
+        )
+    if problems and force_cuda:
+        raise RuntimeError("ANODE_EXT_FORCE_CUDA=1 but " + "; ".join(problems))
+    if problems:
+        print("anode_ext: building CPU kernels only: " + "; ".join(problems))
+    return not problems
+
+
+def extensions():
+    cuda_home = find_cuda_home()
+    if cuda_home is not None and not env_flag("ANODE_EXT_FORCE_CPU"):
+        # Must be set before torch.utils.cpp_extension is imported: it reads
+        # CUDA_HOME once, at import.
+        os.environ["CUDA_HOME"] = cuda_home
+    import torch
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    with_cuda = want_cuda(torch, cuda_home)
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    defines = [f'-DANODE_EXT_TORCH_VERSION="{torch.__version__}"']
+    # No contraction of a*b+c into fma: the CPU and CUDA kernels then round the
+    # same way and their results agree bit for bit.
+    cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-Wno-unknown-pragmas", "-Wno-psabi"]
+    nvcc_flags = ["-O3", "--fmad=false", "--expt-relaxed-constexpr"]
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    if with_cuda:
+        arch_list = resolve_arch_list(torch)
+        defines += [
+            f'-DANODE_EXT_CUDA_VERSION="{torch.version.cuda}"',
+            f'-DANODE_EXT_CUDA_ARCH_LIST="{arch_list}"',
+        ]
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        # -isystem, not -I: the toolkit's own headers win; the wheels only fill gaps.
+        for folder in nvidia_wheel_includes():
+            cxx_flags += ["-isystem", folder]
+            nvcc_flags += ["-isystem", folder]
+        print(f"anode_ext: building CUDA kernels with CUDA_HOME={cuda_home}")
+        make = CUDAExtension
+        compile_args = {"cxx": cxx_flags + defines, "nvcc": nvcc_flags + defines}
+    else:
+        make = CppExtension
+        compile_args = {"cxx": cxx_flags + defines}
+    return [
+        make(
+            name="anode_ext._C",
+            sources=sources,
+            include_dirs=include_dirs,
+            extra_compile_args=compile_args,
+            extra_link_args=["-fopenmp"],
+        )
+    ]
+
+
+def build_ext_class():
+    from torch.utils.cpp_extension import BuildExtension
+
+    class BuildExt(BuildExtension):
+        def finalize_options(self):
+            super().finalize_options()
+            if getattr(self, "editable_mode", False):
+                # pip's editable builds use a fresh temporary folder each time; a
+                # fixed one lets ninja recompile only the sources that changed.
+                self.build_temp = os.path.join(ROOT, "build", "editable")
+
+    return BuildExt.with_options(use_ninja=True)
+
+
+# Package metadata lives in pyproject.toml; this file only adds the compiled library.
+setup(ext_modules=extensions(), cmdclass={"build_ext": build_ext_class()})
