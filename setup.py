@@ -119,6 +119,7 @@ def extensions():
 
     with_cuda = want_cuda(torch, cuda_home)
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    sources += sorted(glob.glob(os.path.join("csrc", "autograd", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     defines = [f'-DANODE_EXT_TORCH_VERSION="{torch.__version__}"']
     # No contraction of a*b+c into fma: the CPU and CUDA kernels then round the

@@ -1,5 +1,9 @@
-"""Typed wrappers of the compiled ops, with fake (meta) kernels for torch.compile
-and autograd formulas made of registered ops."""
+"""Typed wrappers of the compiled ops and their fake (meta) kernels for torch.compile.
+
+The autograd formulas are registered in C++ (csrc/autograd/), where a call costs a
+tenth of what torch.library.register_autograd costs; each backward is itself a
+registered op.
+"""
 
 from __future__ import annotations
 
@@ -91,47 +95,3 @@ def _rk_combine_out_fake(out: Tensor, y: Tensor, ks: list[Tensor], weights: list
 @torch.library.register_fake("anode_ext::rk_combine_backward")
 def _rk_combine_backward_fake(grad: Tensor, weights: list[float], h: float) -> list[Tensor]:
     return [torch.empty_like(grad) for _ in weights]
-
-
-def _rk_combine_setup(ctx, inputs, output) -> None:
-    _, ks, weights, h = inputs
-    ctx.weights = weights
-    ctx.h = h
-    ctx.num_ks = len(ks)
-
-
-def _rk_combine_backward(ctx, grad: Tensor):
-    # Only ks with a nonzero weight get a gradient tensor; None is autograd's zero.
-    live = [i for i, w in enumerate(ctx.weights) if w != 0.0]
-    grad_ks: list[Tensor | None] = [None] * ctx.num_ks
-    if live and ctx.h != 0.0:
-        scaled = _ops.rk_combine_backward.default(grad, [ctx.weights[i] for i in live], ctx.h)
-        for i, g in zip(live, scaled):
-            grad_ks[i] = g
-    return grad, grad_ks, None, None
-
-
-def _rk_combine_backward_setup(ctx, inputs, output) -> None:
-    _, weights, h = inputs
-    ctx.weights = weights
-    ctx.h = h
-
-
-def _rk_combine_backward_backward(ctx, grads: list[Tensor | None]):
-    # rk_combine_backward is linear in grad: its adjoint is the weighted sum of
-    # the incoming gradients, itself an rk_combine (so higher orders work too).
-    pairs = [(g, w) for g, w in zip(grads, ctx.weights) if g is not None]
-    if not pairs:
-        return None, None, None
-    base = torch.zeros_like(pairs[0][0])
-    return rk_combine(base, [g for g, _ in pairs], [w for _, w in pairs], ctx.h), None, None
-
-
-torch.library.register_autograd(
-    "anode_ext::rk_combine", _rk_combine_backward, setup_context=_rk_combine_setup
-)
-torch.library.register_autograd(
-    "anode_ext::rk_combine_backward",
-    _rk_combine_backward_backward,
-    setup_context=_rk_combine_backward_setup,
-)

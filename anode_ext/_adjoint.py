@@ -1,0 +1,81 @@
+"""grad='adjoint': the optimize-then-discretize gradient of Chen et al. (2018).
+
+The backward solves the augmented system (state, adjoint a, parameter gradient g)
+backwards in time from t1, on the same grid and with the same tableau:
+``dy/dt = f``, ``da/dt = -a df/dy``, ``dg/dt = -a df/dtheta``. It needs only the
+final state, but the state it reconstructs by solving backwards differs from the
+forward trajectory, and the adjoint ODE is discretized separately from the
+forward one: the gradient is not the gradient of the discrete network. It is kept
+as the baseline whose error the benchmarks report.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._anode import refuse_double_backward
+from ._recompute import ForwardState, buffers_unchanged
+from .solver import Problem, State, _checked, rk_step
+
+
+def _zero_if_none(grads, like):
+    return tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, like))
+
+
+class AdjointFunction(torch.autograd.Function):
+    """apply(problem, forward_state, first_k, n_state, *state, *params) -> outputs."""
+
+    @staticmethod
+    def forward(ctx, problem: Problem, forward_state: ForwardState, first_k, n_state: int, *tensors):
+        state = tensors[:n_state]
+        with torch.no_grad():
+            outputs = problem.solve(state, first_k)
+        final = tuple(o[-1] for o in outputs) if problem.return_all else outputs
+        ctx.problem = problem
+        ctx.forward_state = forward_state
+        ctx.n_state = n_state
+        ctx.params = tensors[n_state:]
+        ctx.save_for_backward(*final)
+        return outputs
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        refuse_double_backward("adjoint")
+        problem: Problem = ctx.problem
+        n = ctx.n_state
+        params = ctx.params
+        final = ctx.saved_tensors
+        if problem.return_all:
+            adjoint = tuple(g[-1] for g in grad_outputs)
+        else:
+            adjoint = grad_outputs
+        augmented: State = (*final, *adjoint, *(torch.zeros_like(p) for p in params))
+
+        def dynamics(t: float, aug: State) -> State:
+            y, a = aug[:n], aug[n:2 * n]
+            with torch.enable_grad():
+                y = tuple(v.detach().requires_grad_(True) for v in y)
+                with ctx.forward_state.autocast():
+                    f = _checked(problem.func(t, y), y)
+                live = [(o, g) for o, g in zip(f, a) if o.requires_grad]
+                if live:
+                    vjp = torch.autograd.grad([o for o, _ in live], (*y, *params), [g for _, g in live], allow_unused=True)
+                else:
+                    vjp = (None,) * (len(y) + len(params))
+            vjp = _zero_if_none(vjp, (*y, *params))
+            return (*(v.detach() for v in f), *(-v for v in vjp))
+
+        t1 = problem.t0 + problem.steps * problem.h
+        with ctx.forward_state.rng_replay(), buffers_unchanged():
+            for back in range(problem.steps):
+                augmented = rk_step(dynamics, t1 - back * problem.h, -problem.h, augmented, problem.tableau)
+                if problem.return_all:
+                    index = problem.steps - back - 1
+                    a = tuple(x + g[index] for x, g in zip(augmented[n:2 * n], grad_outputs))
+                    augmented = (*augmented[:n], *a, *augmented[2 * n:])
+        state_grads = augmented[n:2 * n]
+        param_grads = augmented[2 * n:]
+        needs = ctx.needs_input_grad[4:]
+        grads: list[Tensor | None] = [g if needs[i] else None for i, g in enumerate((*state_grads, *param_grads))]
+        return (None, None, None, None, *grads)

@@ -1,0 +1,200 @@
+"""odeint: fixed-step Runge–Kutta solves with a choice of gradient computation."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from ._adjoint import AdjointFunction
+from ._anode import AnodeFunction
+from ._recompute import ForwardState, dependencies
+from ._revolve_function import RevolveFunction
+from .revolve import _check as _check_revolve_args
+from .revolve import checkpoints_for_budget
+from .solver import Problem, State, StateFunc
+from .tableau import Tableau, get_tableau
+
+__all__ = ["GRAD_MODES", "odeint"]
+
+GRAD_MODES = ("direct", "anode", "revolve", "adjoint")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _time(value: object, name: str) -> float:
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    return float(value)
+
+
+def check_steps(steps: object) -> int:
+    """`steps` as an int, or a ValueError that says what is expected."""
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    return int(steps)
+
+
+def check_grad(grad: object) -> str:
+    """`grad` if it names a gradient mode, else a ValueError listing the modes."""
+    if not isinstance(grad, str) or grad not in GRAD_MODES:
+        raise ValueError(f"unknown grad={grad!r}; expected one of {', '.join(GRAD_MODES)}")
+    return grad
+
+
+def default_checkpoints(steps: int) -> int:
+    """The checkpoints revolve uses when given neither checkpoints nor memory_budget: ceil(log2 steps)."""
+    return max(1, math.ceil(math.log2(steps))) if steps > 1 else 1
+
+
+def check_revolve_options(grad: str, steps: int, checkpoints: object, memory_budget: object) -> None:
+    """Clear errors for checkpointing options that do not fit the gradient mode."""
+    if grad != "revolve":
+        if checkpoints is not None or memory_budget is not None:
+            raise ValueError(f"checkpoints= and memory_budget= apply to grad='revolve' only, not grad={grad!r}")
+        return
+    if checkpoints is not None and memory_budget is not None:
+        raise ValueError("give checkpoints= or memory_budget=, not both")
+    if checkpoints is not None:
+        _check_revolve_args(steps, checkpoints)
+
+
+def _state_bytes(state: State) -> int:
+    return sum(t.numel() * t.element_size() for t in state)
+
+
+def solve(
+    func: StateFunc,
+    state: State,
+    *,
+    t0: float,
+    t1: float,
+    steps: int,
+    method: str | Tableau,
+    grad: str,
+    checkpoints: int | None = None,
+    memory_budget: int | None = None,
+    return_all: bool = False,
+    params: Iterable[Tensor] = (),
+    owner: Callable | None = None,
+) -> State:
+    """Solve for a state made of several tensors; `func(t, state)` returns a tuple.
+
+    `owner` is the user's callable, searched for modules whose parameters func uses.
+    """
+    tableau = get_tableau(method)
+    steps = check_steps(steps)
+    grad = check_grad(grad)
+    t0, t1 = _time(t0, "t0"), _time(t1, "t1")
+    check_revolve_options(grad, steps, checkpoints, memory_budget)
+    problem = Problem(func, tableau, t0, (t1 - t0) / steps, steps, bool(return_all))
+    if grad == "direct" or not torch.is_grad_enabled():
+        return problem.solve(state)
+    params = list(params)
+    if grad == "revolve":
+        if checkpoints is None:
+            checkpoints = (
+                default_checkpoints(steps)
+                if memory_budget is None
+                else checkpoints_for_budget(memory_budget, _state_bytes(state), steps)
+            )
+    return _solve_with_recompute(problem, state, grad, checkpoints, params, owner or func)
+
+
+@torch.compiler.disable
+def _solve_with_recompute(
+    problem: Problem,
+    state: State,
+    grad: str,
+    checkpoints: int | None,
+    extra: Sequence[Tensor],
+    owner: Callable,
+) -> State:
+    # Captured before the first evaluation, which the backward replays.
+    forward_state = ForwardState([*state, *extra])
+    with torch.enable_grad():
+        probe_state = tuple(s.detach().requires_grad_(True) for s in state)
+        probe = problem.evaluate(0, probe_state)
+    params = dependencies(owner, probe, exclude=(*state, *probe_state), extra=extra)
+    first_k = tuple(k.detach() for k in probe)
+    del probe, probe_state
+    if not params and not any(s.requires_grad for s in state):
+        with torch.no_grad():
+            return problem.solve(state, first_k)
+    if grad == "anode":
+        return AnodeFunction.apply(problem, forward_state, first_k, len(state), *state, *params)
+    if grad == "revolve":
+        return RevolveFunction.apply(problem, forward_state, first_k, checkpoints, len(state), *state, *params)
+    return AdjointFunction.apply(problem, forward_state, first_k, len(state), *state, *params)
+
+
+class _OnTensor:
+    """Adapts func(t, y) on a tensor to the solver's func(t, state) on a 1-tuple."""
+
+    def __init__(self, func: Callable[[float, Tensor], Tensor]) -> None:
+        self.func = func
+
+    def __call__(self, t: float, state: State) -> tuple[Tensor]:
+        out = self.func(t, state[0])
+        if not isinstance(out, Tensor):
+            raise TypeError(f"func must return a tensor, got {type(out).__name__}")
+        return (out,)
+
+
+def odeint(
+    func: Callable[[float, Tensor], Tensor],
+    y0: Tensor,
+    t0: float = 0.0,
+    t1: float = 1.0,
+    *,
+    steps: int,
+    method: str | Tableau = "rk4",
+    grad: str = "anode",
+    checkpoints: int | None = None,
+    memory_budget: int | None = None,
+    return_all: bool = False,
+    params: Iterable[Tensor] = (),
+) -> Tensor:
+    """Integrate ``dy/dt = func(t, y)`` from t0 to t1 in `steps` equal steps; return y(t1).
+
+    func(t, y) takes a Python float and a tensor and returns a tensor of y's shape.
+    With ``return_all=True`` the result stacks the states at every step (steps + 1 of them).
+
+    grad chooses how the gradient is computed:
+
+    - ``"direct"``: autograd through every step (memory grows with steps x stages);
+    - ``"anode"``: keep only y0, recompute the steps in backward; exact;
+    - ``"revolve"``: keep at most ``checkpoints`` states inside the solve (or as many as
+      ``memory_budget`` bytes hold; default ceil(log2 steps)), recompute optimally; exact;
+    - ``"adjoint"``: solve the adjoint ODE backwards in time (Chen et al. 2018); needs only
+      y(t1) but is NOT the exact gradient of the discrete solve.
+
+    The tensors func depends on are found without being listed: the parameters of func
+    when it is (or is bound to) an nn.Module, and every leaf tensor its first evaluation
+    uses; ``params`` adds any others.
+    """
+    if not callable(func):
+        raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
+    if not isinstance(y0, Tensor):
+        raise TypeError(f"y0 must be a tensor, got {type(y0).__name__}")
+    if y0.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"y0 has dtype {y0.dtype}; expected float16, bfloat16, float32 or float64")
+    (out,) = solve(
+        _OnTensor(func),
+        (y0,),
+        t0=t0,
+        t1=t1,
+        steps=steps,
+        method=method,
+        grad=grad,
+        checkpoints=checkpoints,
+        memory_budget=memory_budget,
+        return_all=return_all,
+        params=params,
+        owner=func,
+    )
+    return out

@@ -1,0 +1,197 @@
+"""Binomial checkpointing ("revolve", Griewank & Walther, ACM TOMS 26(1), 2000) of the
+steps inside one ODE block.
+
+Setting. The block's forward runs all ``steps`` steps once (it must, for its
+output) and may keep at most ``checkpoints`` of the states it passes, besides the
+block input. The backward must tape (run with autograd) each step once, in the
+order steps-1, ..., 0, and may hold at most ``checkpoints`` + 1 states (the input
+included) plus the one state being stepped. Steps recomputed without taping are
+"advances"; this module finds the fewest.
+
+Between two kept states the backward reverses the segment by the classic binomial
+rule: with ``beta(s, r) = C(s + r, s)`` and ``s`` = free checkpoints + 1, reversing
+``l`` steps from a held state takes ``r * l - beta(s + 1, r - 1)`` advances, r the
+smallest integer with ``beta(s, r) >= l``. Which states the forward keeps is chosen
+by a small dynamic program over those segment costs (cached per (steps, checkpoints)).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import numbers
+from collections.abc import Iterator
+from typing import NamedTuple
+
+__all__ = ["Action", "Schedule", "optimal_advances", "schedule", "checkpoints_for_budget", "record"]
+
+
+class Action(NamedTuple):
+    """One instruction of the backward.
+
+    - ``advance``: run steps start .. stop-1 without taping, from the state at start;
+    - ``store``: hold the current state (at ``start``) as a checkpoint;
+    - ``backprop``: tape step ``start`` from the state there and propagate the adjoint through it;
+    - ``release``: drop the checkpoint at ``start``.
+    """
+
+    kind: str
+    start: int
+    stop: int
+
+
+def _beta(snaps: int, reps: int) -> int:
+    return math.comb(snaps + reps, snaps) if reps >= 0 else 0
+
+
+def _repetitions(steps: int, snaps: int) -> int:
+    """Smallest r with beta(snaps, r) >= steps: how often the worst step is recomputed."""
+    r = 0
+    while _beta(snaps, r) < steps:
+        r += 1
+    return r
+
+
+def _check(steps: int, checkpoints: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if isinstance(checkpoints, bool) or not isinstance(checkpoints, numbers.Integral) or checkpoints < 1:
+        raise ValueError(f"checkpoints must be an integer >= 1, got {checkpoints!r}")
+
+
+def _segment_advances(length: int, free: int) -> int:
+    """Advances to reverse `length` steps from a held state, with `free` checkpoints to spare."""
+    if length <= 1:
+        return 0
+    if free == 0:
+        return length * (length - 1) // 2
+    snaps = free + 1
+    r = _repetitions(length, snaps)
+    return r * length - _beta(snaps + 1, r - 1)
+
+
+def _split(length: int, free: int) -> int:
+    """Where to place the next checkpoint (steps from the segment start) with `free`
+    checkpoints left: a point of the binomial range that keeps the total optimal."""
+    snaps = free + 1
+    r = _repetitions(length, snaps)
+    lowest = max(1, length - _beta(snaps - 1, r), _beta(snaps, r - 2))
+    highest = min(length - 1, _beta(snaps, r - 1), length - _beta(snaps - 1, r - 1))
+    return max(lowest, highest)
+
+
+@functools.lru_cache(maxsize=256)
+def _kept_states(steps: int, checkpoints: int) -> tuple[tuple[int, ...], int]:
+    """The positions the forward keeps and the advances the backward then needs.
+
+    cost[k][l]: fewest advances to reverse the last l steps when their first state
+    is held and k checkpoints are free, choosing further forward-kept states in them.
+    """
+    depth = min(checkpoints, steps - 1)
+    cost = [[0] * (steps + 1) for _ in range(depth + 1)]
+    first_keep = [[0] * (steps + 1) for _ in range(depth + 1)]
+    for k in range(depth + 1):
+        for length in range(2, steps + 1):
+            best, keep = _segment_advances(length, k), 0
+            if k > 0:
+                for j in range(1, length):
+                    candidate = cost[k - 1][length - j] + _segment_advances(j, k)
+                    if candidate < best:
+                        best, keep = candidate, j
+            cost[k][length] = best
+            first_keep[k][length] = keep
+    kept, position, k = [], 0, depth
+    while k > 0 and first_keep[k][steps - position]:
+        position += first_keep[k][steps - position]
+        kept.append(position)
+        k -= 1
+    return tuple(kept), cost[depth][steps]
+
+
+def optimal_advances(steps: int, checkpoints: int) -> int:
+    """The fewest steps the backward recomputes without taping, for ``steps`` steps and
+    ``checkpoints`` checkpoints (a block then evaluates ``2 * steps + optimal_advances``
+    steps in a forward and backward; 0 once ``checkpoints >= steps - 1``)."""
+    _check(steps, checkpoints)
+    return _kept_states(steps, checkpoints)[1]
+
+
+class Schedule(NamedTuple):
+    """Which states the forward keeps, and the backward's actions."""
+
+    kept: tuple[int, ...]
+    actions: list[Action]
+
+
+def _reverse(start: int, end: int, free: int, actions: list[Action]) -> None:
+    """Append the classic binomial reversal of steps start .. end-1, the state at start held."""
+    work: list[tuple[str, int, int, int]] = [("reverse", start, end, free)]
+    while work:
+        kind, start, end, free = work.pop()
+        if kind == "release":
+            actions.append(Action("release", start, start))
+            continue
+        length = end - start
+        if length == 1:
+            actions.append(Action("backprop", start, start))
+        elif free == 0:
+            for i in range(end - 1, start - 1, -1):
+                if i > start:
+                    actions.append(Action("advance", start, i))
+                actions.append(Action("backprop", i, i))
+        else:
+            middle = start + _split(length, free)
+            actions.append(Action("advance", start, middle))
+            actions.append(Action("store", middle, middle))
+            # Popped last-in first-out: the right part is reversed first.
+            work.append(("reverse", start, middle, free))
+            work.append(("release", middle, middle, 0))
+            work.append(("reverse", middle, end, free - 1))
+
+
+def schedule(steps: int, checkpoints: int) -> Schedule:
+    """The optimal schedule for ``steps`` steps and ``checkpoints`` checkpoints."""
+    _check(steps, checkpoints)
+    kept, _ = _kept_states(steps, checkpoints)
+    bounds = [0, *kept, steps]
+    actions: list[Action] = []
+    for i in range(len(bounds) - 2, -1, -1):
+        _reverse(bounds[i], bounds[i + 1], checkpoints - i, actions)
+        if i > 0:
+            actions.append(Action("release", bounds[i], bounds[i]))
+    return Schedule(kept, actions)
+
+
+def checkpoints_for_budget(memory_budget: int, state_bytes: int, steps: int) -> int:
+    """How many checkpoints fit in ``memory_budget`` bytes (the block input not counted),
+    capped at steps - 1, beyond which more checkpoints save nothing."""
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, numbers.Integral) or memory_budget < 0:
+        raise ValueError(f"memory_budget must be a non-negative integer number of bytes, got {memory_budget!r}")
+    count = memory_budget // max(state_bytes, 1)
+    if count < 1:
+        raise ValueError(
+            f"memory_budget={memory_budget} bytes holds no checkpoint: one state of this block "
+            f"takes {state_bytes} bytes; give at least that, or use grad='anode'"
+        )
+    return int(max(1, min(count, steps - 1)))
+
+
+_recorders: list[list[tuple[str, int, int]]] = []
+
+
+@contextlib.contextmanager
+def record() -> Iterator[list[tuple[str, int, int]]]:
+    """Collect, for debugging and tests, every action a revolve block performs in the body:
+    ``(kind, position, checkpoints held after the action, block input included)``."""
+    events: list[tuple[str, int, int]] = []
+    _recorders.append(events)
+    try:
+        yield events
+    finally:
+        _recorders.remove(events)
+
+
+def _emit(kind: str, position: int, held: int) -> None:
+    for events in _recorders:
+        events.append((kind, position, held))

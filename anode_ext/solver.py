@@ -1,0 +1,143 @@
+"""Fixed-step explicit Runge–Kutta integration over a state made of several tensors.
+
+This module knows nothing of gradient modes: it runs the steps, under whatever
+autograd mode the caller chose. All stage arithmetic goes through rk_combine.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import ops  # noqa: F401  (registers the autograd formula of rk_combine)
+from .tableau import Tableau
+
+State = tuple[Tensor, ...]
+StateFunc = Callable[[float, State], Sequence[Tensor]]
+
+_rk_combine = torch.ops.anode_ext.rk_combine.default
+
+
+@functools.lru_cache(maxsize=None)
+def _plan(tableau: Tableau) -> tuple[tuple[tuple[int, ...], tuple[float, ...]], ...]:
+    """For each stage and then the step: which earlier ks enter, with which weights.
+
+    Zero coefficients are dropped so that no pass over memory is spent on them.
+    """
+    rows = [*tableau.a, tableau.b]
+    return tuple(
+        (tuple(j for j, w in enumerate(row) if w != 0.0), tuple(w for w in row if w != 0.0)) for row in rows
+    )
+
+
+def _combine(state: State, ks: list[State], which: tuple[int, ...], weights: tuple[float, ...], h: float) -> State:
+    if not which:
+        return state
+    return tuple(_rk_combine(y, [ks[j][m] for j in which], list(weights), h) for m, y in enumerate(state))
+
+
+def _checked(derivative: Sequence[Tensor], state: State) -> State:
+    """The derivative as a tuple in the state's dtypes, or a clear error."""
+    if isinstance(derivative, Tensor):
+        derivative = (derivative,)
+    if len(derivative) != len(state):
+        raise RuntimeError(f"func returned {len(derivative)} tensors for a state of {len(state)}")
+    out = []
+    for i, (k, y) in enumerate(zip(derivative, state)):
+        if not isinstance(k, Tensor):
+            raise TypeError(f"func must return tensors; element {i} is {type(k).__name__}")
+        if k.shape != y.shape:
+            raise RuntimeError(
+                f"func returned shape {tuple(k.shape)} for a state of shape {tuple(y.shape)}; "
+                "dy/dt must have the state's shape"
+            )
+        if k.device != y.device:
+            raise RuntimeError(f"func returned a tensor on {k.device} for a state on {y.device}")
+        # Under autocast f may return a lower precision; the state keeps its own.
+        out.append(k if k.dtype == y.dtype else k.to(y.dtype))
+    return tuple(out)
+
+
+def rk_step(
+    func: StateFunc,
+    t: float,
+    h: float,
+    state: State,
+    tableau: Tableau,
+    first_k: State | None = None,
+) -> State:
+    """One step of size h from (t, state); `first_k` is f(t, state) when already known."""
+    plan = _plan(tableau)
+    ks: list[State] = []
+    for i in range(tableau.stages):
+        if i == 0 and first_k is not None:
+            ks.append(first_k)
+            continue
+        which, weights = plan[i]
+        stage = _combine(state, ks, which, weights, h)
+        ks.append(_checked(func(t + tableau.c[i] * h, stage), state))
+    which, weights = plan[-1]
+    return _combine(state, ks, which, weights, h)
+
+
+def integrate(
+    func: StateFunc,
+    state: State,
+    t0: float,
+    h: float,
+    tableau: Tableau,
+    start: int,
+    stop: int,
+    *,
+    first_k: State | None = None,
+    on_state: Callable[[int, State], None] | None = None,
+) -> State:
+    """Advance `state`, the state at step index `start` (time t0 + start h), to step `stop`.
+
+    `on_state(n, state_n)` is called for every state reached, n = start + 1 ... stop.
+    """
+    for n in range(start, stop):
+        state = rk_step(func, t0 + n * h, h, state, tableau, first_k if n == start else None)
+        if on_state is not None:
+            on_state(n + 1, state)
+    return state
+
+
+def evaluations(tableau: Tableau, steps: int) -> int:
+    """Number of func calls in `steps` steps."""
+    return tableau.stages * steps
+
+
+@dataclass
+class Problem:
+    """A fixed-step solve of ``d(state)/dt = func(t, state)``: steps of size h from t0."""
+
+    func: StateFunc
+    tableau: Tableau
+    t0: float
+    h: float
+    steps: int
+    return_all: bool = False
+
+    def solve(self, state: State, first_k: State | None = None) -> State:
+        """The final state, or with return_all each state tensor stacked over steps 0..steps."""
+        if not self.return_all:
+            return integrate(self.func, state, self.t0, self.h, self.tableau, 0, self.steps, first_k=first_k)
+        states = [state]
+        integrate(
+            self.func, state, self.t0, self.h, self.tableau, 0, self.steps,
+            first_k=first_k, on_state=lambda n, s: states.append(s),
+        )
+        return tuple(torch.stack([s[m] for s in states]) for m in range(len(state)))
+
+    def step(self, n: int, state: State, first_k: State | None = None) -> State:
+        """Step n: from the state at t0 + n h to the state at t0 + (n + 1) h."""
+        return rk_step(self.func, self.t0 + n * self.h, self.h, state, self.tableau, first_k)
+
+    def evaluate(self, n: int, state: State) -> State:
+        """func at step n's start, as the first stage of that step uses it."""
+        return _checked(self.func(self.t0 + n * self.h, state), state)
