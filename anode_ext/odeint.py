@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable, Iterable, Sequence
@@ -105,7 +106,24 @@ def solve(
     return _solve_with_recompute(problem, state, grad, checkpoints, params, owner or func)
 
 
-@torch.compiler.disable
+def _outside_compile(fn):
+    """Run `fn` eagerly when torch.compile traces its caller (a graph break).
+
+    torch.compiler.disable would do this as a decorator, but it imports torch._dynamo
+    at import time, which users who never compile should not pay for (and with which
+    DistributedDataParallel's gloo teardown can deadlock on torch 2.13).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return torch.compiler.disable(fn)(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_outside_compile
 def _solve_with_recompute(
     problem: Problem,
     state: State,

@@ -6,7 +6,6 @@ autograd mode the caller chose. All stage arithmetic goes through rk_combine.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,18 +19,6 @@ State = tuple[Tensor, ...]
 StateFunc = Callable[[float, State], Sequence[Tensor]]
 
 _rk_combine = torch.ops.anode_ext.rk_combine.default
-
-
-@functools.lru_cache(maxsize=None)
-def _plan(tableau: Tableau) -> tuple[tuple[tuple[int, ...], tuple[float, ...]], ...]:
-    """For each stage and then the step: which earlier ks enter, with which weights.
-
-    Zero coefficients are dropped so that no pass over memory is spent on them.
-    """
-    rows = [*tableau.a, tableau.b]
-    return tuple(
-        (tuple(j for j, w in enumerate(row) if w != 0.0), tuple(w for w in row if w != 0.0)) for row in rows
-    )
 
 
 def _combine(state: State, ks: list[State], which: tuple[int, ...], weights: tuple[float, ...], h: float) -> State:
@@ -71,7 +58,7 @@ def rk_step(
     first_k: State | None = None,
 ) -> State:
     """One step of size h from (t, state); `first_k` is f(t, state) when already known."""
-    plan = _plan(tableau)
+    plan = tableau.terms
     ks: list[State] = []
     for i in range(tableau.stages):
         if i == 0 and first_k is not None:

@@ -72,6 +72,16 @@ class Tableau:
         object.__setattr__(self, "b", weights)
         object.__setattr__(self, "c", nodes)
         object.__setattr__(self, "name", name)
+        # For each stage and then the step: which earlier ks enter, with which
+        # weights; zero coefficients are dropped so no pass over memory is spent on them.
+        object.__setattr__(
+            self,
+            "terms",
+            tuple(
+                (tuple(j for j, w in enumerate(row) if w != 0.0), tuple(w for w in row if w != 0.0))
+                for row in (*rows, weights)
+            ),
+        )
 
     @property
     def stages(self) -> int:
