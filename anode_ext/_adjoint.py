@@ -32,6 +32,9 @@ class AdjointFunction(torch.autograd.Function):
         with torch.no_grad():
             outputs = problem.solve(state, first_k)
         final = tuple(o[-1] for o in outputs) if problem.return_all else outputs
+        # Outputs nobody differentiates (the final weights of a coupled block, say)
+        # then reach backward as None and cost nothing.
+        ctx.set_materialize_grads(False)
         ctx.problem = problem
         ctx.forward_state = forward_state
         ctx.n_state = n_state
@@ -46,10 +49,11 @@ class AdjointFunction(torch.autograd.Function):
         n = ctx.n_state
         params = ctx.params
         final = ctx.saved_tensors
-        if problem.return_all:
-            adjoint = tuple(g[-1] for g in grad_outputs)
-        else:
-            adjoint = grad_outputs
+        # An output nobody differentiated contributes nothing to the adjoint.
+        adjoint = tuple(
+            torch.zeros_like(f) if g is None else (g[-1] if problem.return_all else g)
+            for g, f in zip(grad_outputs, final)
+        )
         augmented: State = (*final, *adjoint, *(torch.zeros_like(p) for p in params))
 
         def dynamics(t: float, aug: State) -> State:
@@ -72,7 +76,7 @@ class AdjointFunction(torch.autograd.Function):
                 augmented = rk_step(dynamics, t1 - back * problem.h, -problem.h, augmented, problem.tableau)
                 if problem.return_all:
                     index = problem.steps - back - 1
-                    a = tuple(x + g[index] for x, g in zip(augmented[n:2 * n], grad_outputs))
+                    a = tuple(x if g is None else x + g[index] for x, g in zip(augmented[n:2 * n], grad_outputs))
                     augmented = (*augmented[:n], *a, *augmented[2 * n:])
         state_grads = augmented[n:2 * n]
         param_grads = augmented[2 * n:]

@@ -50,6 +50,9 @@ class AnodeFunction(torch.autograd.Function):
         state = tensors[:n_state]
         with torch.no_grad():
             outputs = problem.solve(state, first_k)
+        # Outputs nobody differentiates (the final weights of a coupled block, say)
+        # then reach backward as None and cost nothing.
+        ctx.set_materialize_grads(False)
         ctx.problem = problem
         ctx.forward_state = forward_state
         ctx.n_state = n_state

@@ -69,6 +69,9 @@ class RevolveFunction(torch.autograd.Function):
         else:
             outputs = state
         positions = sorted(held)
+        # Outputs nobody differentiates (the final weights of a coupled block, say)
+        # then reach backward as None and cost nothing.
+        ctx.set_materialize_grads(False)
         ctx.problem = problem
         ctx.forward_state = forward_state
         ctx.n_state = n_state

@@ -89,21 +89,32 @@ def solve(
     """
     tableau = get_tableau(method)
     steps = check_steps(steps)
-    grad = check_grad(grad)
     t0, t1 = _time(t0, "t0"), _time(t1, "t1")
-    check_revolve_options(grad, steps, checkpoints, memory_budget)
     problem = Problem(func, tableau, t0, (t1 - t0) / steps, steps, bool(return_all))
+    return solve_problem(problem, state, grad, checkpoints, memory_budget, params, owner or func)
+
+
+def solve_problem(
+    problem: Problem,
+    state: State,
+    grad: str,
+    checkpoints: int | None,
+    memory_budget: int | None,
+    params: Iterable[Tensor],
+    owner: Callable,
+) -> State:
+    """Run `problem` from `state` with the gradient mode `grad`."""
+    grad = check_grad(grad)
+    check_revolve_options(grad, problem.steps, checkpoints, memory_budget)
     if grad == "direct" or not torch.is_grad_enabled():
         return problem.solve(state)
-    params = list(params)
-    if grad == "revolve":
-        if checkpoints is None:
-            checkpoints = (
-                default_checkpoints(steps)
-                if memory_budget is None
-                else checkpoints_for_budget(memory_budget, _state_bytes(state), steps)
-            )
-    return _solve_with_recompute(problem, state, grad, checkpoints, params, owner or func)
+    if grad == "revolve" and checkpoints is None:
+        checkpoints = (
+            default_checkpoints(problem.steps)
+            if memory_budget is None
+            else checkpoints_for_budget(memory_budget, _state_bytes(state), problem.steps)
+        )
+    return _solve_with_recompute(problem, state, grad, checkpoints, list(params), owner)
 
 
 def _outside_compile(fn):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import ops  # noqa: F401  (registers the autograd formula of rk_combine)
+from . import ops  # noqa: F401  (loads the compiled ops and their fake kernels)
 from .tableau import Tableau
 
 State = tuple[Tensor, ...]
@@ -71,34 +71,6 @@ def rk_step(
     return _combine(state, ks, which, weights, h)
 
 
-def integrate(
-    func: StateFunc,
-    state: State,
-    t0: float,
-    h: float,
-    tableau: Tableau,
-    start: int,
-    stop: int,
-    *,
-    first_k: State | None = None,
-    on_state: Callable[[int, State], None] | None = None,
-) -> State:
-    """Advance `state`, the state at step index `start` (time t0 + start h), to step `stop`.
-
-    `on_state(n, state_n)` is called for every state reached, n = start + 1 ... stop.
-    """
-    for n in range(start, stop):
-        state = rk_step(func, t0 + n * h, h, state, tableau, first_k if n == start else None)
-        if on_state is not None:
-            on_state(n + 1, state)
-    return state
-
-
-def evaluations(tableau: Tableau, steps: int) -> int:
-    """Number of func calls in `steps` steps."""
-    return tableau.stages * steps
-
-
 @dataclass
 class Problem:
     """A fixed-step solve of ``d(state)/dt = func(t, state)``: steps of size h from t0."""
@@ -112,13 +84,13 @@ class Problem:
 
     def solve(self, state: State, first_k: State | None = None) -> State:
         """The final state, or with return_all each state tensor stacked over steps 0..steps."""
-        if not self.return_all:
-            return integrate(self.func, state, self.t0, self.h, self.tableau, 0, self.steps, first_k=first_k)
         states = [state]
-        integrate(
-            self.func, state, self.t0, self.h, self.tableau, 0, self.steps,
-            first_k=first_k, on_state=lambda n, s: states.append(s),
-        )
+        for n in range(self.steps):
+            state = self.step(n, state, first_k if n == 0 else None)
+            if self.return_all:
+                states.append(state)
+        if not self.return_all:
+            return state
         return tuple(torch.stack([s[m] for s in states]) for m in range(len(state)))
 
     def step(self, n: int, state: State, first_k: State | None = None) -> State:

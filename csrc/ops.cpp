@@ -24,6 +24,20 @@ TORCH_LIBRARY(anode_ext, m) {
       "rk_combine_out(Tensor(a!) out, Tensor y, Tensor[] ks, float[] weights, float h) "
       "-> ()");
   m.def("rk_combine_backward(Tensor grad, float[] weights, float h) -> Tensor[]");
+  // ANODEv2 weight dynamics: reaction is 0 (tanh), 1 (relu) or 2 (none);
+  // coefficients are (4, Cout): rows d, u, v, r.
+  m.def("rda_rhs(Tensor theta, Tensor coefficients, int reaction) -> Tensor");
+  m.def(
+      "rda_rhs_backward(Tensor grad, Tensor theta, Tensor coefficients, int reaction) "
+      "-> (Tensor, Tensor)");
+  // One RK step of the weights: returns the stage inputs theta^(1..s-1), then theta_next.
+  // a is the strictly lower triangle of the tableau, row by row.
+  m.def(
+      "rda_rk_step(Tensor theta, Tensor coefficients, int reaction, float[] a, float[] b, "
+      "float h) -> Tensor[]");
+  m.def(
+      "rda_rk_step_backward(Tensor[] grads, Tensor theta, Tensor coefficients, int reaction, "
+      "float[] a, float[] b, float h) -> (Tensor, Tensor)");
 }
 
 extern "C" {

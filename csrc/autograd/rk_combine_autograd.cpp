@@ -6,7 +6,7 @@
 // makes several calls per step (see docs/design_decisions.md). Each backward
 // is itself a dispatcher op, so double backward works too.
 
-#include <torch/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 namespace anode_ext {

@@ -1,0 +1,158 @@
+"""ANODEv2: ODE blocks whose weights evolve in time with the state.
+
+The block solves the coupled system
+
+    dz/dt = f(z, theta(t)),   dtheta/dt = q(theta),   z(0) = x,   theta(0) = theta0,
+
+with one tableau and one step size for both, and returns z(t1). theta0 are weights of
+f (by default every convolution and linear weight); q is ``"rda"`` (the fused
+reaction–diffusion–advection dynamics of anode_ext.rda), ``"none"`` (theta stays
+theta0: an ordinary ODE block) or any module ``q(t, thetas) -> dthetas``. The
+gradients with respect to x, theta0, the parameters of q and the other parameters of
+f are those of the discrete coupled solve, in every gradient mode but "adjoint".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .odeint import check_grad, check_revolve_options, check_steps, odeint, solve_problem
+from .rda import RDA
+from .revolve import _check as _check_revolve_args
+from .solver import Problem, State, _checked, _combine
+from .tableau import Tableau, get_tableau
+
+__all__ = ["CoupledODEBlock", "evolving_weights"]
+
+
+def evolving_weights(func: nn.Module) -> list[str]:
+    """Names of the weights that evolve by default: those of every Conv and Linear layer."""
+    names = []
+    for prefix, module in func.named_modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)) and module.weight is not None:
+            names.append(f"{prefix}.weight" if prefix else "weight")
+    return names
+
+
+class _JointDynamics:
+    """(z, theta...) -> (f(t, z; theta), q(t, theta)), with f's weights replaced by theta."""
+
+    def __init__(self, block: "CoupledODEBlock") -> None:
+        self.block = block
+
+    def f(self, t: float, z: Tensor, thetas: Sequence[Tensor]) -> Tensor:
+        block = self.block
+        return functional_call(block.func, dict(zip(block.weight_names, thetas)), (t, z), strict=False)
+
+    def __call__(self, t: float, state: State) -> tuple[Tensor, ...]:
+        z, thetas = state[0], state[1:]
+        dz = self.f(t, z, thetas)
+        dthetas = tuple(self.block.q(t, thetas))
+        return (dz, *dthetas)
+
+
+class _CoupledProblem(Problem):
+    """A coupled solve whose weight part, for RDA dynamics, is stepped by the fused kernel:
+    all stage weights of a step come from one pass per filter, before f is evaluated."""
+
+    def step(self, n: int, state: State, first_k: State | None = None) -> State:
+        joint: _JointDynamics = self.func
+        if not isinstance(joint.block.q, RDA):
+            return super().step(n, state, first_k)
+        t, h, tableau = self.t0 + n * self.h, self.h, self.tableau
+        z, thetas = state[0], state[1:]
+        fused = joint.block.q.rk_step(thetas, tableau, h)
+        stage_thetas = [thetas] + [tuple(steps[i] for steps in fused) for i in range(tableau.stages - 1)]
+        ks: list[tuple[Tensor]] = []
+        for i in range(tableau.stages):
+            if i == 0 and first_k is not None:
+                ks.append((first_k[0],))
+                continue
+            which, weights = tableau.terms[i]
+            (stage_z,) = _combine((z,), ks, which, weights, h)
+            ks.append(_checked((joint.f(t + tableau.c[i] * h, stage_z, stage_thetas[i]),), (z,)))
+        which, weights = tableau.terms[-1]
+        (next_z,) = _combine((z,), ks, which, weights, h)
+        return (next_z, *(steps[-1] for steps in fused))
+
+
+class CoupledODEBlock(nn.Module):
+    """``x -> z(t1)`` of the coupled system above; see the module docstring.
+
+    Args:
+        func: the module f, called as ``func(t, z)``.
+        q: ``"rda"``, ``"none"`` or a module ``q(t, thetas)`` returning one tensor per weight.
+        weights: names of the parameters of func that evolve (default: every Conv and
+            Linear weight, see ``evolving_weights``).
+        reaction: rho of the RDA dynamics, ``"tanh"`` or ``"relu"``.
+        t1, steps, method, grad, t0, checkpoints, memory_budget: as for ODEBlock.
+    """
+
+    def __init__(
+        self,
+        func: nn.Module,
+        q: str | nn.Module = "rda",
+        weights: Sequence[str] | None = None,
+        t1: float = 1.0,
+        steps: int = 1,
+        method: str | Tableau = "rk4",
+        grad: str = "anode",
+        *,
+        t0: float = 0.0,
+        reaction: str = "tanh",
+        checkpoints: int | None = None,
+        memory_budget: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(func, nn.Module):
+            raise TypeError(f"func must be an nn.Module (its weights evolve), got {type(func).__name__}")
+        self.func = func
+        params = dict(func.named_parameters())
+        self.weight_names = list(evolving_weights(func) if weights is None else weights)
+        missing = [name for name in self.weight_names if name not in params]
+        if missing:
+            raise ValueError(
+                f"weights {missing} are not parameters of func; its parameters are {sorted(params)}"
+            )
+        if q == "rda":
+            q = RDA([params[name].shape for name in self.weight_names], reaction=reaction)
+        elif q != "none" and not isinstance(q, nn.Module):
+            raise ValueError(f"q must be 'rda', 'none' or an nn.Module q(t, thetas); got {q!r}")
+        self.q = q
+        self.tableau = get_tableau(method)
+        self.steps = check_steps(steps)
+        self.grad = check_grad(grad)
+        check_revolve_options(self.grad, self.steps, checkpoints, memory_budget)
+        if checkpoints is not None:
+            _check_revolve_args(self.steps, checkpoints)
+        self.t0, self.t1 = float(t0), float(t1)
+        self.checkpoints, self.memory_budget = checkpoints, memory_budget
+
+    @property
+    def coupled(self) -> bool:
+        """False when q is "none" or no weight evolves: the block is then an ODEBlock."""
+        return self.q != "none" and bool(self.weight_names)
+
+    def forward(self, x: Tensor) -> Tensor:
+        options = dict(steps=self.steps, method=self.tableau, grad=self.grad,
+                       checkpoints=self.checkpoints, memory_budget=self.memory_budget)
+        if not self.coupled:
+            return odeint(self.func, x, self.t0, self.t1, **options)
+        params = dict(self.func.named_parameters())
+        thetas = tuple(params[name] for name in self.weight_names)
+        problem = _CoupledProblem(_JointDynamics(self), self.tableau, self.t0,
+                                  (self.t1 - self.t0) / self.steps, self.steps)
+        (z, *_) = solve_problem(problem, (x, *thetas), self.grad, self.checkpoints,
+                                self.memory_budget, (), self)
+        return z
+
+    def extra_repr(self) -> str:
+        q = self.q if isinstance(self.q, str) else type(self.q).__name__
+        parts = [f"t0={self.t0:g}", f"t1={self.t1:g}", f"steps={self.steps}", f"method={self.tableau.name}",
+                 f"grad={self.grad}", f"q={q}", f"evolving={len(self.weight_names)}"]
+        if self.checkpoints is not None:
+            parts.append(f"checkpoints={self.checkpoints}")
+        return ", ".join(parts)

@@ -1,0 +1,118 @@
+"""Reaction–diffusion–advection (RDA) weight dynamics for ANODEv2.
+
+For a convolution weight theta of shape (Cout, Cin, kh, kw)::
+
+    q(theta) = d * lap(theta) + u * dx(theta) + v * dy(theta) + r * rho(theta)
+
+over the (kh, kw) taps of each filter, with zero-flux boundaries (a missing neighbour
+takes the centre's value), central differences with unit spacing (x along kw, y
+along kh), rho = tanh or relu, and coefficients (d, u, v, r) per output channel. A
+(Cout, Cin, k) weight is a 1 x k filter; a linear weight (Cout, Cin) is 1 x 1, for
+which only the reaction term remains. These operators are this library's choice:
+the ANODEv2 paper names RDA dynamics but its exact operators are not public.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import _library  # noqa: F401  (registers torch.ops.anode_ext)
+from .tableau import Tableau
+
+__all__ = ["REACTIONS", "RDA", "rda_rhs", "rda_rk_step"]
+
+REACTIONS = {"tanh": 0, "relu": 1, "none": 2}
+
+_ops = torch.ops.anode_ext
+
+
+def _reaction_code(reaction: str) -> int:
+    if reaction not in REACTIONS:
+        raise ValueError(f"unknown reaction {reaction!r}; expected one of {', '.join(REACTIONS)}")
+    return REACTIONS[reaction]
+
+
+def rda_rhs(theta: Tensor, coefficients: Tensor, reaction: str = "tanh") -> Tensor:
+    """q(theta) for one weight; `coefficients` is (4, Cout): rows d, u, v, r."""
+    return _ops.rda_rhs.default(theta, coefficients, _reaction_code(reaction))
+
+
+def _flat_lower(tableau: Tableau) -> list[float]:
+    return [w for row in tableau.a for w in row]
+
+
+def rda_rk_step(theta: Tensor, coefficients: Tensor, tableau: Tableau, h: float, reaction: str = "tanh") -> list[Tensor]:
+    """One RK step of ``dtheta/dt = q(theta)`` in a single fused pass per filter.
+
+    Returns the stage inputs theta^(1) ... theta^(s-1) (theta^(0) is theta itself),
+    then the weight after the step.
+    """
+    return _ops.rda_rk_step.default(
+        theta, coefficients, _reaction_code(reaction), _flat_lower(tableau), list(tableau.b), float(h)
+    )
+
+
+def _dense(theta: Tensor) -> Tensor:
+    return torch.empty(theta.shape, dtype=theta.dtype, device=theta.device)
+
+
+@torch.library.register_fake("anode_ext::rda_rhs")
+def _rda_rhs_fake(theta, coefficients, reaction):
+    return _dense(theta)
+
+
+@torch.library.register_fake("anode_ext::rda_rhs_backward")
+def _rda_rhs_backward_fake(grad, theta, coefficients, reaction):
+    return _dense(theta), _dense(coefficients)
+
+
+@torch.library.register_fake("anode_ext::rda_rk_step")
+def _rda_rk_step_fake(theta, coefficients, reaction, a, b, h):
+    return [_dense(theta) for _ in b]
+
+
+@torch.library.register_fake("anode_ext::rda_rk_step_backward")
+def _rda_rk_step_backward_fake(grads, theta, coefficients, reaction, a, b, h):
+    return _dense(theta), _dense(coefficients)
+
+
+class RDA(nn.Module):
+    """RDA dynamics for several weights, each with its own learnable (4, Cout) coefficients.
+
+    Initialised with diffusion ``d = diffusion`` and ``u = v = r = 0``, so that a coupled
+    block starts close to the uncoupled one (the weights only smooth slowly).
+    """
+
+    def __init__(self, shapes: Sequence[Sequence[int]], reaction: str = "tanh", diffusion: float = 1e-2) -> None:
+        super().__init__()
+        _reaction_code(reaction)
+        self.reaction = reaction
+        self.coefficients = nn.ParameterList()
+        for shape in shapes:
+            if len(shape) not in (2, 3, 4):
+                raise ValueError(
+                    f"RDA dynamics take convolution or linear weights; got a weight of shape {tuple(shape)}"
+                )
+            init = torch.zeros(4, shape[0])
+            init[0] = diffusion
+            self.coefficients.append(nn.Parameter(init))
+
+    def forward(self, t: float, thetas: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        """dtheta/dt for each weight."""
+        self._check_count(thetas)
+        return tuple(rda_rhs(th, c.to(th.dtype), self.reaction) for th, c in zip(thetas, self.coefficients))
+
+    def rk_step(self, thetas: Sequence[Tensor], tableau: Tableau, h: float) -> list[list[Tensor]]:
+        """For each weight, the fused RK step's stage inputs and new value (see rda_rk_step)."""
+        self._check_count(thetas)
+        return [rda_rk_step(th, c.to(th.dtype), tableau, h, self.reaction) for th, c in zip(thetas, self.coefficients)]
+
+    def _check_count(self, thetas: Sequence[Tensor]) -> None:
+        if len(thetas) != len(self.coefficients):
+            raise ValueError(f"RDA dynamics hold coefficients for {len(self.coefficients)} weights, got {len(thetas)}")
+
+    def extra_repr(self) -> str:
+        return f"weights={len(self.coefficients)}, reaction={self.reaction}"

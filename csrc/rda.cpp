@@ -1,0 +1,61 @@
+// Argument checks shared by the CPU and CUDA kernels of the RDA ops.
+
+#include "rda.h"
+
+#include <ATen/ATen.h>
+
+namespace anode_ext {
+
+RdaGeometry check_rda_args(const char* op, const at::Tensor& theta, const at::Tensor& coefficients,
+                           int64_t reaction) {
+  const auto dtype = theta.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
+              op, ": theta has dtype ", dtype,
+              "; expected a floating dtype (float32, float64, float16 or bfloat16)");
+  RdaGeometry g{};
+  if (theta.dim() == 4) {
+    g = {theta.size(0), theta.size(1), static_cast<int>(theta.size(2)), static_cast<int>(theta.size(3))};
+  } else if (theta.dim() == 3) {
+    g = {theta.size(0), theta.size(1), 1, static_cast<int>(theta.size(2))};
+  } else if (theta.dim() == 2) {
+    g = {theta.size(0), theta.size(1), 1, 1};
+  } else {
+    TORCH_CHECK(false, op, ": theta has shape ", theta.sizes(),
+                "; expected a convolution weight (Cout, Cin, kh, kw) or (Cout, Cin, k), or a "
+                "linear weight (Cout, Cin)");
+  }
+  TORCH_CHECK(static_cast<int64_t>(g.H) * g.W <= kRdaMaxTaps, op, ": theta has ", g.H, "x", g.W,
+              " taps per filter; the fused kernels take at most ", kRdaMaxTaps, " (7x7)");
+  TORCH_CHECK(coefficients.device() == theta.device(), op, ": coefficients are on ",
+              coefficients.device(), " but theta is on ", theta.device(),
+              "; expected both on one device");
+  TORCH_CHECK(coefficients.scalar_type() == dtype, op, ": coefficients have dtype ",
+              coefficients.scalar_type(), " but theta has dtype ", dtype,
+              "; expected the same dtype");
+  TORCH_CHECK(coefficients.dim() == 2 && coefficients.size(0) == 4 && coefficients.size(1) == g.cout,
+              op, ": coefficients have shape ", coefficients.sizes(), "; expected (4, ", g.cout,
+              "): rows d, u, v, r, one column per output channel of theta");
+  TORCH_CHECK(reaction >= kReactionTanh && reaction <= kReactionNone, op, ": reaction code ",
+              reaction, " is unknown; expected 0 (tanh), 1 (relu) or 2 (none)");
+  TORCH_CHECK(coefficients.numel() == 0 || at::isfinite(coefficients).all().item<bool>(), op,
+              ": coefficients hold NaN or infinite values; expected finite d, u, v, r");
+  return g;
+}
+
+void check_rda_tableau(at::ArrayRef<double> a, at::ArrayRef<double> b) {
+  const int64_t s = static_cast<int64_t>(b.size());
+  TORCH_CHECK(s >= 1 && s <= kRdaMaxStages, "rda_rk_step: the tableau has ", s,
+              " stages; expected 1 to ", kRdaMaxStages);
+  TORCH_CHECK(static_cast<int64_t>(a.size()) == s * (s - 1) / 2, "rda_rk_step: got ", a.size(),
+              " entries of a for ", s, " stages; expected ", s * (s - 1) / 2,
+              " (the strictly lower triangle, row by row)");
+}
+
+void check_rda_grad(const char* op, const at::Tensor& grad, const at::Tensor& theta) {
+  TORCH_CHECK(grad.sizes() == theta.sizes() && grad.scalar_type() == theta.scalar_type() &&
+                  grad.device() == theta.device(),
+              op, ": a gradient has shape ", grad.sizes(), ", dtype ", grad.scalar_type(), " on ",
+              grad.device(), "; expected theta's shape ", theta.sizes(), ", dtype and device");
+}
+
+}  // namespace anode_ext

@@ -1,0 +1,253 @@
+#pragma once
+// Reaction–diffusion–advection (RDA) dynamics of a convolution weight, the
+// ANODEv2 weight ODE dtheta/dt = q(theta):
+//
+//   q = d * lap(theta) + u * dx(theta) + v * dy(theta) + r * rho(theta)
+//
+// over the (kh, kw) taps of each filter slice theta[cout, cin, :, :], with
+// zero-flux boundaries (a missing neighbour takes the centre's value), central
+// differences (x along kw, y along kh, unit spacing) and per-output-channel
+// coefficients (d, u, v, r). A slice couples only its own taps, so every
+// function below works on one slice held in a small array; the CPU loops and
+// the CUDA kernels both call them, so the CPU tests check the GPU arithmetic.
+
+#include <ATen/core/Tensor.h>
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+
+#include "rk_combine.h"
+
+namespace anode_ext {
+
+// Largest slice (7x7 taps) and most RK stages the fused kernels hold in registers;
+// kernels are instantiated for the smallest of kRdaTapBuckets that fits.
+constexpr int kRdaMaxTaps = 49;
+constexpr int kRdaMaxStages = 8;
+
+// Calls fn.template operator()<TAPS>() with the smallest bucket holding `taps`.
+template <typename Fn>
+inline void dispatch_taps(int taps, Fn&& fn) {
+  if (taps <= 1) {
+    fn.template operator()<1>();
+  } else if (taps <= 9) {
+    fn.template operator()<9>();
+  } else if (taps <= 25) {
+    fn.template operator()<25>();
+  } else {
+    fn.template operator()<kRdaMaxTaps>();
+  }
+}
+
+enum RdaReaction : int64_t { kReactionTanh = 0, kReactionRelu = 1, kReactionNone = 2 };
+
+template <typename acc_t>
+struct RdaCoefficients {
+  acc_t d, u, v, r;
+};
+
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t rda_tanh(acc_t x) {
+#if defined(__CUDA_ARCH__)
+  return ::tanh(x);
+#else
+  return std::tanh(x);
+#endif
+}
+
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t rda_reaction(acc_t x, int64_t kind) {
+  if (kind == kReactionTanh) {
+    return rda_tanh(x);
+  }
+  if (kind == kReactionRelu) {
+    return x > acc_t(0) ? x : acc_t(0);
+  }
+  return acc_t(0);
+}
+
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t rda_reaction_derivative(acc_t x, int64_t kind) {
+  if (kind == kReactionTanh) {
+    const acc_t t = rda_tanh(x);
+    return acc_t(1) - t * t;
+  }
+  if (kind == kReactionRelu) {
+    return x > acc_t(0) ? acc_t(1) : acc_t(0);
+  }
+  return acc_t(0);
+}
+
+// The neighbours of tap (i, j) in an H x W slice, zero-flux at the border.
+struct RdaStencil {
+  int center, up, down, left, right;
+  C10_HOST_DEVICE RdaStencil(int i, int j, int H, int W)
+      : center(i * W + j),
+        up(i > 0 ? center - W : center),
+        down(i + 1 < H ? center + W : center),
+        left(j > 0 ? center - 1 : center),
+        right(j + 1 < W ? center + 1 : center) {}
+};
+
+// The four terms at one tap: lap, dx, dy, rho.
+template <typename acc_t>
+struct RdaTerms {
+  acc_t lap, dx, dy, rho;
+};
+
+template <typename acc_t>
+C10_HOST_DEVICE inline RdaTerms<acc_t> rda_terms(const acc_t* theta, const RdaStencil& s,
+                                                int64_t kind) {
+  const acc_t c = theta[s.center];
+  RdaTerms<acc_t> t;
+  t.lap = theta[s.up] + theta[s.down] + theta[s.left] + theta[s.right] - acc_t(4) * c;
+  t.dx = (theta[s.right] - theta[s.left]) * acc_t(0.5);
+  t.dy = (theta[s.down] - theta[s.up]) * acc_t(0.5);
+  t.rho = rda_reaction(c, kind);
+  return t;
+}
+
+// q(theta) of one slice.
+template <typename acc_t>
+C10_HOST_DEVICE inline void rda_slice(const acc_t* theta, acc_t* q, int H, int W,
+                                      RdaCoefficients<acc_t> k, int64_t kind) {
+  for (int i = 0; i < H; ++i) {
+    for (int j = 0; j < W; ++j) {
+      const RdaStencil s(i, j, H, W);
+      const RdaTerms<acc_t> t = rda_terms(theta, s, kind);
+      q[s.center] = k.d * t.lap + k.u * t.dx + k.v * t.dy + k.r * t.rho;
+    }
+  }
+}
+
+// The adjoint of q at `theta` applied to `q_bar`: adds J^T q_bar to theta_bar and
+// the gradient with respect to (d, u, v, r) to sums[0..3]. Each forward
+// dependency is scattered back, so the result is the exact transpose.
+template <typename acc_t>
+C10_HOST_DEVICE inline void rda_slice_backward(const acc_t* theta, const acc_t* q_bar,
+                                               acc_t* theta_bar, acc_t* sums, int H, int W,
+                                               RdaCoefficients<acc_t> k, int64_t kind) {
+  for (int i = 0; i < H; ++i) {
+    for (int j = 0; j < W; ++j) {
+      const RdaStencil s(i, j, H, W);
+      const acc_t g = q_bar[s.center];
+      const RdaTerms<acc_t> t = rda_terms(theta, s, kind);
+      sums[0] += g * t.lap;
+      sums[1] += g * t.dx;
+      sums[2] += g * t.dy;
+      sums[3] += g * t.rho;
+      const acc_t dg = k.d * g;
+      theta_bar[s.up] += dg;
+      theta_bar[s.down] += dg;
+      theta_bar[s.left] += dg;
+      theta_bar[s.right] += dg;
+      theta_bar[s.center] -= acc_t(4) * dg;
+      const acc_t ug = k.u * g * acc_t(0.5);
+      theta_bar[s.right] += ug;
+      theta_bar[s.left] -= ug;
+      const acc_t vg = k.v * g * acc_t(0.5);
+      theta_bar[s.down] += vg;
+      theta_bar[s.up] -= vg;
+      theta_bar[s.center] += k.r * g * rda_reaction_derivative(theta[s.center], kind);
+    }
+  }
+}
+
+// An explicit RK tableau as the fused step uses it: a[i][j] (j < i) and b[i],
+// each already multiplied by h and rounded to acc_t, as rk_combine does.
+template <typename acc_t>
+struct RdaTableau {
+  int stages;
+  acc_t ha[kRdaMaxStages][kRdaMaxStages];
+  acc_t hb[kRdaMaxStages];
+};
+
+// One RK step of dtheta/dt = q(theta) on a slice of at most TAPS taps: writes the
+// stage inputs theta^(i) (i >= 1, rounded through scalar_t as a stored tensor
+// would be) to stage[i] and the new weight to next. q_work holds q at every stage.
+template <int TAPS, typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline void rda_rk_slice(const acc_t* theta, acc_t (*stage)[TAPS],
+                                         acc_t (*q_work)[TAPS], acc_t* next, int H, int W,
+                                         RdaCoefficients<acc_t> k, int64_t kind,
+                                         const RdaTableau<acc_t>& tab) {
+  const int taps = H * W;
+  for (int i = 0; i < tab.stages; ++i) {
+    for (int e = 0; e < taps; ++e) {
+      acc_t acc = theta[e];
+      for (int j = 0; j < i; ++j) {
+        if (tab.ha[i][j] != acc_t(0)) {
+          acc = rk_accumulate(acc, tab.ha[i][j], q_work[j][e]);
+        }
+      }
+      stage[i][e] = i == 0 ? acc : static_cast<acc_t>(static_cast<scalar_t>(acc));
+    }
+    rda_slice(stage[i], q_work[i], H, W, k, kind);
+  }
+  for (int e = 0; e < taps; ++e) {
+    acc_t acc = theta[e];
+    for (int i = 0; i < tab.stages; ++i) {
+      if (tab.hb[i] != acc_t(0)) {
+        acc = rk_accumulate(acc, tab.hb[i], q_work[i][e]);
+      }
+    }
+    next[e] = acc;
+  }
+}
+
+// The adjoint of rda_rk_slice: given the gradients of the stage outputs
+// (g_stage[i], i >= 1) and of the new weight (g_next), writes the gradient of
+// theta to theta_bar and adds the coefficient gradients to sums[0..3].
+template <int TAPS, typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline void rda_rk_slice_backward(
+    const acc_t* theta, acc_t (*g_stage)[TAPS], const acc_t* g_next, acc_t (*stage)[TAPS],
+    acc_t (*q_work)[TAPS], acc_t (*stage_bar)[TAPS], acc_t* theta_bar, acc_t* sums, int H, int W,
+    RdaCoefficients<acc_t> k, int64_t kind, const RdaTableau<acc_t>& tab) {
+  const int taps = H * W;
+  acc_t scratch[TAPS];
+  rda_rk_slice<TAPS, scalar_t>(theta, stage, q_work, scratch, H, W, k, kind, tab);
+  for (int e = 0; e < taps; ++e) {
+    theta_bar[e] = g_next[e];
+  }
+  for (int i = tab.stages - 1; i >= 0; --i) {
+    acc_t q_bar[TAPS];
+    for (int e = 0; e < taps; ++e) {
+      acc_t acc = tab.hb[i] * g_next[e];
+      for (int m = i + 1; m < tab.stages; ++m) {
+        acc += tab.ha[m][i] * stage_bar[m][e];
+      }
+      q_bar[e] = acc;
+      stage_bar[i][e] = i == 0 ? acc_t(0) : g_stage[i][e];
+    }
+    rda_slice_backward(stage[i], q_bar, stage_bar[i], sums, H, W, k, kind);
+    for (int e = 0; e < taps; ++e) {
+      theta_bar[e] += stage_bar[i][e];
+    }
+  }
+}
+
+// Checks shared by the CPU and CUDA kernels; return the slice geometry.
+struct RdaGeometry {
+  int64_t cout, cin;
+  int H, W;
+};
+RdaGeometry check_rda_args(const char* op, const at::Tensor& theta, const at::Tensor& coefficients,
+                           int64_t reaction);
+void check_rda_tableau(at::ArrayRef<double> a, at::ArrayRef<double> b);
+void check_rda_grad(const char* op, const at::Tensor& grad, const at::Tensor& theta);
+
+template <typename acc_t>
+inline RdaTableau<acc_t> make_rda_tableau(at::ArrayRef<double> a, at::ArrayRef<double> b,
+                                          double h) {
+  RdaTableau<acc_t> tab{};
+  tab.stages = static_cast<int>(b.size());
+  size_t next = 0;
+  for (int i = 0; i < tab.stages; ++i) {
+    for (int j = 0; j < i; ++j) {
+      tab.ha[i][j] = static_cast<acc_t>(h * a[next++]);
+    }
+    tab.hb[i] = static_cast<acc_t>(h * b[i]);
+  }
+  return tab;
+}
+
+}  // namespace anode_ext

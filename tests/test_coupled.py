@@ -1,0 +1,164 @@
+"""ANODEv2 coupled blocks: equivalences, exact gradients in every mode, semantics, errors."""
+
+import pytest
+import torch
+from odefuncs import ConvBNFunc
+from testing import relative_error
+from torch import nn
+
+from anode_ext import RDA, TABLEAUX, CoupledODEBlock, ODEBlock, evolving_weights
+from anode_ext.bench.memory import count_saved_bytes
+
+
+class Zero(nn.Module):
+    def forward(self, t, thetas):
+        return tuple(torch.zeros_like(th) for th in thetas)
+
+
+class GenericRDA(nn.Module):
+    """The RDA dynamics evaluated stage by stage through the generic solver path."""
+
+    def __init__(self, rda):
+        super().__init__()
+        self.rda = rda
+
+    def forward(self, t, thetas):
+        return self.rda(t, thetas)
+
+
+def make_block(q="rda", grad="direct", method="rk4", steps=3, checkpoints=None, seed=0, coefficient_scale=0.3):
+    torch.manual_seed(seed)
+    block = CoupledODEBlock(ConvBNFunc(3), q=q, steps=steps, method=method, grad=grad, checkpoints=checkpoints).double()
+    if isinstance(block.q, RDA):
+        with torch.no_grad():
+            for c in block.q.coefficients:
+                c.copy_(torch.randn(c.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=c.dtype) * coefficient_scale)
+    return block
+
+
+def input_for(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64).requires_grad_(True)
+
+
+def gradients(module, x):
+    for p in module.parameters():
+        p.grad = None
+    x.grad = None
+    y = module(x)
+    (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view(y.shape)).sum().backward()
+    return y.detach(), [x.grad.clone()] + [p.grad.clone() for p in module.parameters() if p.grad is not None]
+
+
+def test_default_evolving_weights():
+    assert evolving_weights(ConvBNFunc(3)) == ["net.0.weight", "net.4.weight"]
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 4))
+    assert evolving_weights(mlp) == ["0.weight", "2.weight"]
+
+
+@pytest.mark.parametrize("grad", ["direct", "anode", "revolve"])
+def test_q_none_is_the_uncoupled_block(grad):
+    torch.manual_seed(0)
+    func = ConvBNFunc(3).double()
+    x = input_for()
+    coupled = CoupledODEBlock(func, q="none", steps=2, grad=grad)
+    plain = ODEBlock(func, steps=2, grad=grad)
+    y1, g1 = gradients(coupled, x)
+    y2, g2 = gradients(plain, x)
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_zero_dynamics_through_the_coupled_machinery_equal_the_uncoupled_block():
+    torch.manual_seed(0)
+    func = ConvBNFunc(3).double()
+    x = input_for()
+    y1, g1 = gradients(CoupledODEBlock(func, q=Zero(), steps=2), x)
+    y2, g2 = gradients(ODEBlock(func, steps=2), x)
+    torch.testing.assert_close(y1, y2, rtol=1e-14, atol=1e-14)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_rda_changes_the_block():
+    y_rda, _ = gradients(make_block(), input_for())
+    y_none, _ = gradients(make_block(q="none"), input_for())
+    assert (y_rda - y_none).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("method", sorted(TABLEAUX))
+def test_fused_step_equals_generic_path(method):
+    fused = make_block(method=method)
+    generic = make_block(method=method)
+    generic.q = GenericRDA(generic.q)
+    y1, g1 = gradients(fused, input_for())
+    y2, g2 = gradients(generic, input_for())
+    torch.testing.assert_close(y1, y2, rtol=1e-13, atol=1e-13)
+    assert len(g1) == len(g2)
+    for a, b in zip(g1, g2):
+        assert relative_error(a, b) < 1e-12
+
+
+@pytest.mark.parametrize("grad, checkpoints", [("anode", None), ("revolve", 1), ("revolve", 2)])
+@pytest.mark.parametrize("steps", [1, 2, 3, 5])
+@pytest.mark.parametrize("method", sorted(TABLEAUX))
+def test_exact_gradients(method, steps, grad, checkpoints):
+    _, expected = gradients(make_block(method=method, steps=steps), input_for())
+    _, got = gradients(make_block(method=method, steps=steps, grad=grad, checkpoints=checkpoints), input_for())
+    assert len(got) == len(expected)
+    for i, (a, b) in enumerate(zip(got, expected)):
+        assert b.abs().max() > 0
+        assert relative_error(a, b) <= 1e-10, f"gradient {i}"
+
+
+def test_theta0_and_coefficients_get_gradients():
+    block = make_block(grad="anode")
+    gradients(block, input_for())
+    for name in block.weight_names:
+        assert dict(block.func.named_parameters())[name].grad.abs().max() > 0
+    for c in block.q.coefficients:
+        assert c.grad.abs().max() > 0
+
+
+def test_anode_saves_only_the_block_input():
+    block = make_block(grad="anode", steps=4)
+    x = input_for()
+    with count_saved_bytes(exclude=block.parameters()) as counter:
+        y = block(x)
+    assert counter.total == x.numel() * x.element_size()
+    y.sum().backward()
+
+
+@pytest.mark.parametrize("grad, checkpoints", [("anode", None), ("revolve", 1)])
+def test_batchnorm_statistics_once_per_step(grad, checkpoints):
+    reference = make_block()
+    block = make_block(grad=grad, checkpoints=checkpoints)
+    for seed in range(3):
+        gradients(reference, input_for(seed))
+        gradients(block, input_for(seed))
+    for a, b in zip(block.buffers(), reference.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match=r"weights \['net.9.weight'\] are not parameters of func"):
+        CoupledODEBlock(ConvBNFunc(3), weights=["net.9.weight"])
+    with pytest.raises(ValueError, match="q must be 'rda', 'none' or an nn.Module"):
+        CoupledODEBlock(ConvBNFunc(3), q="diffusion")
+    with pytest.raises(TypeError, match="func must be an nn.Module"):
+        CoupledODEBlock(lambda t, x: x)
+    with pytest.raises(ValueError, match=r"RDA dynamics take convolution or linear weights; got a weight of shape \(3,\)"):
+        CoupledODEBlock(ConvBNFunc(3), weights=["net.1.weight"])
+    with pytest.raises(ValueError, match="unknown reaction"):
+        CoupledODEBlock(ConvBNFunc(3), reaction="sigmoid")
+    block = make_block()
+    with torch.no_grad():
+        block.q.coefficients[0][1, 0] = float("nan")
+    with pytest.raises(RuntimeError, match="coefficients hold NaN"):
+        block(input_for())
+
+
+def test_repr():
+    text = repr(make_block(grad="revolve", checkpoints=2))
+    assert "steps=3, method=rk4, grad=revolve, q=RDA, evolving=2, checkpoints=2" in text

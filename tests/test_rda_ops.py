@@ -1,0 +1,172 @@
+"""The RDA ops against plain PyTorch: values, fused RK step, gradients, registration, errors."""
+
+import pytest
+import torch
+from rda_reference import rda_reference
+from testing import DEVICES, FLOAT_DTYPES, dtype_id, needs_cuda
+
+from anode_ext import TABLEAUX, Tableau, rda_rhs, rda_rk_step, rk_combine
+
+ops = torch.ops.anode_ext
+SHAPES = [(5, 3, 3, 3), (4, 2, 1, 1), (3, 2), (3, 2, 5), (2, 2, 7, 7), (2, 3, 4, 6), (0, 3, 3, 3), (3, 0, 3, 3)]
+REACTIONS = ["tanh", "relu", "none"]
+
+
+def sample(shape, dtype=torch.float64, device="cpu", seed=0, scale=0.5):
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(shape, generator=g, dtype=torch.float64)
+    coefficients = torch.randn(4, shape[0], generator=g, dtype=torch.float64) * scale
+    return theta.to(device=device, dtype=dtype), coefficients.to(device=device, dtype=dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reaction", REACTIONS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_rhs_matches_reference_float64(shape, reaction, device):
+    theta, coefficients = sample(shape, device=device)
+    torch.testing.assert_close(
+        rda_rhs(theta, coefficients, reaction), rda_reference(theta, coefficients, reaction), rtol=1e-12, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+def test_rhs_in_every_dtype(dtype, device):
+    theta, coefficients = sample((6, 4, 3, 3), dtype=dtype, device=device)
+    expected = rda_reference(theta.double(), coefficients.double())
+    eps = torch.finfo(dtype).eps
+    # Accumulated in float32 (or float64), rounded once: within a few ulps of the terms.
+    scale = theta.double().abs().max() * coefficients.double().abs().max() * 16
+    torch.testing.assert_close(rda_rhs(theta, coefficients).double(), expected, rtol=0, atol=4 * eps * scale.item())
+
+
+def rk_by_parts(theta, coefficients, tableau, h, reaction):
+    """The RK step of dtheta/dt = q(theta) built from rda_rhs and rk_combine."""
+    qs, stages = [], []
+    for i in range(tableau.stages):
+        which, weights = tableau.terms[i]
+        stage = rk_combine(theta, [qs[j] for j in which], weights, h) if which else theta
+        stages.append(stage)
+        qs.append(rda_rhs(stage, coefficients, reaction))
+    which, weights = tableau.terms[-1]
+    return stages[1:] + [rk_combine(theta, [qs[j] for j in which], weights, h)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reaction", REACTIONS)
+@pytest.mark.parametrize("method", sorted(TABLEAUX))
+@pytest.mark.parametrize("shape", [(5, 3, 3, 3), (3, 2), (2, 2, 5, 5), (2, 1, 7, 7)], ids=str)
+def test_fused_step_matches_composition(shape, method, reaction, device):
+    theta, coefficients = sample(shape, device=device)
+    tableau = TABLEAUX[method]
+    fused = rda_rk_step(theta, coefficients, tableau, 0.3, reaction)
+    parts = rk_by_parts(theta, coefficients, tableau, 0.3, reaction)
+    assert len(fused) == tableau.stages
+    for a, b in zip(fused, parts):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reaction", REACTIONS)
+@pytest.mark.parametrize("shape", [(3, 2, 3, 3), (3, 2), (2, 2, 4, 5)], ids=str)
+def test_gradcheck(shape, reaction, device):
+    theta, coefficients = sample(shape, device=device)
+    theta.requires_grad_(True)
+    coefficients.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t, c: rda_rhs(t, c, reaction), (theta, coefficients))
+    rk4 = TABLEAUX["rk4"]
+    assert torch.autograd.gradcheck(lambda t, c: rda_rk_step(t, c, rk4, 0.2, reaction), (theta, coefficients))
+
+
+def test_gradient_of_some_outputs_only():
+    theta, coefficients = sample((3, 2, 3, 3))
+    theta.requires_grad_(True)
+    out = rda_rk_step(theta, coefficients, TABLEAUX["heun"], 0.5)
+    (g,) = torch.autograd.grad(out[-1].sum(), theta)
+    theta2 = theta.detach().requires_grad_(True)
+    (e,) = torch.autograd.grad(rk_by_parts(theta2, coefficients, TABLEAUX["heun"], 0.5, "tanh")[-1].sum(), theta2)
+    torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+def test_opcheck(dtype, device):
+    theta, coefficients = sample((4, 3, 3, 3), dtype=dtype, device=device)
+    grad_needed = dtype == torch.float64
+    theta.requires_grad_(grad_needed)
+    coefficients.requires_grad_(grad_needed)
+    torch.library.opcheck(ops.rda_rhs.default, (theta, coefficients, 0))
+    torch.library.opcheck(ops.rda_rk_step.default, (theta, coefficients, 0, [0.5], [0.0, 1.0], 0.1))
+    t, c = theta.detach(), coefficients.detach()
+    torch.library.opcheck(ops.rda_rhs_backward.default, (torch.randn_like(t), t, c, 1))
+    grads = [torch.randn_like(t), torch.randn_like(t)]
+    torch.library.opcheck(ops.rda_rk_step_backward.default, (grads, t, c, 1, [0.5], [0.0, 1.0], 0.1))
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+def test_cuda_matches_cpu(dtype):
+    theta, coefficients = sample((16, 8, 3, 3), dtype=dtype)
+    tol = {"rtol": 0, "atol": 8 * torch.finfo(dtype).eps * 4}
+    torch.testing.assert_close(rda_rhs(theta.cuda(), coefficients.cuda()).cpu(), rda_rhs(theta, coefficients), **tol)
+    rk4 = TABLEAUX["rk4"]
+    for a, b in zip(rda_rk_step(theta.cuda(), coefficients.cuda(), rk4, 0.2), rda_rk_step(theta, coefficients, rk4, 0.2)):
+        torch.testing.assert_close(a.cpu(), b, **tol)
+    grads = [torch.randn_like(theta) for _ in range(4)]
+    cpu = ops.rda_rk_step_backward(grads, theta, coefficients, 0, [0.5, 0, 0.5, 0, 0, 1], [1 / 6, 1 / 3, 1 / 3, 1 / 6], 0.2)
+    cuda = ops.rda_rk_step_backward(
+        [g.cuda() for g in grads], theta.cuda(), coefficients.cuda(), 0, [0.5, 0, 0.5, 0, 0, 1], [1 / 6, 1 / 3, 1 / 3, 1 / 6], 0.2
+    )
+    for a, b in zip(cuda, cpu):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-3 if dtype != torch.float64 else 1e-12, atol=1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-5)
+
+
+@pytest.mark.parametrize(
+    "theta_shape, coefficient_shape, message",
+    [
+        ((3, 2, 3, 3, 1), (4, 3), r"expected a convolution weight \(Cout, Cin, kh, kw\)"),
+        ((3,), (4, 3), r"expected a convolution weight"),
+        ((3, 2, 9, 9), (4, 3), r"9x9 taps per filter; the fused kernels take at most 49"),
+        ((3, 2, 3, 3), (4, 2), r"coefficients have shape \[4, 2\]; expected \(4, 3\)"),
+        ((3, 2, 3, 3), (3,), r"coefficients have shape \[3\]; expected \(4, 3\)"),
+    ],
+)
+def test_bad_shapes(theta_shape, coefficient_shape, message):
+    with pytest.raises(RuntimeError, match=message):
+        rda_rhs(torch.zeros(theta_shape), torch.zeros(coefficient_shape))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_coefficients(bad):
+    coefficients = torch.zeros(4, 3)
+    coefficients[2, 1] = bad
+    with pytest.raises(RuntimeError, match="coefficients hold NaN or infinite values"):
+        rda_rhs(torch.zeros(3, 2, 3, 3), coefficients)
+    with pytest.raises(RuntimeError, match="coefficients hold NaN or infinite values"):
+        rda_rk_step(torch.zeros(3, 2, 3, 3), coefficients, TABLEAUX["euler"], 0.1)
+
+
+def test_dtype_and_reaction_errors():
+    with pytest.raises(RuntimeError, match="coefficients have dtype Double but theta has dtype Float"):
+        rda_rhs(torch.zeros(3, 2), torch.zeros(4, 3, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="theta has dtype Long"):
+        rda_rhs(torch.zeros(3, 2, dtype=torch.int64), torch.zeros(4, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="unknown reaction 'sigmoid'; expected one of tanh, relu, none"):
+        rda_rhs(torch.zeros(3, 2), torch.zeros(4, 3), "sigmoid")
+    with pytest.raises(RuntimeError, match="reaction code 7 is unknown"):
+        ops.rda_rhs(torch.zeros(3, 2), torch.zeros(4, 3), 7)
+
+
+def test_tableau_errors():
+    nine = Tableau([[0.0] * i for i in range(9)], [1 / 9] * 9)
+    with pytest.raises(RuntimeError, match="the tableau has 9 stages; expected 1 to 8"):
+        rda_rk_step(torch.zeros(3, 2), torch.zeros(4, 3), nine, 0.1)
+    with pytest.raises(RuntimeError, match="got 2 entries of a for 2 stages; expected 1"):
+        ops.rda_rk_step(torch.zeros(3, 2), torch.zeros(4, 3), 0, [0.5, 0.5], [0.5, 0.5], 0.1)
+
+
+def test_double_backward_is_refused():
+    theta, coefficients = sample((3, 2, 3, 3))
+    theta.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="rda_rhs_backward is not differentiable"):
+        torch.autograd.grad(rda_rhs(theta, coefficients).square().sum(), theta, create_graph=True)
