@@ -42,3 +42,15 @@ def test_eager_rk4(benchmark, device):
 def test_rk_combine_backward(benchmark, device):
     (g,) = operands(device, n=0)
     timed(benchmark, device, lambda: torch.ops.anode_ext.rk_combine_backward(g, list(RK4), 0.1))
+
+
+@pytest.mark.parametrize("op", ["rhs", "rk4_step"])
+def test_rda(benchmark, device, op):
+    from anode_ext import TABLEAUX, rda_rhs, rda_rk_step
+
+    theta = torch.randn(256, 256, 3, 3, device=device)
+    coefficients = torch.randn(4, 256, device=device) * 0.1
+    if op == "rhs":
+        timed(benchmark, device, lambda: rda_rhs(theta, coefficients))
+    else:
+        timed(benchmark, device, lambda: rda_rk_step(theta, coefficients, TABLEAUX["rk4"], 0.1))

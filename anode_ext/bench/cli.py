@@ -4,65 +4,182 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
+from .blocks import block_benchmark, format_block_rows
+from .coupled_bench import coupled_benchmark, format_coupled
 from .environment import best_device, describe
+from .models_bench import format_model_rows, model_benchmark
 from .ops import format_rk4_table, rk4_combine_benchmark
 from .overhead import format_overhead, overhead_benchmark
+from .plots import plot_blocks, plot_reversibility
+from .reversibility import format_reversibility, reversibility
 from .revolve_table import format_revolve_table, revolve_table
+from .solvers import solvers, torchdiffeq_version
 
-Section = Callable[[argparse.Namespace], tuple[Any, str, str]]
+
+@dataclass
+class Preset:
+    """Sizes of every section; the default is sized for about 5 minutes on a 2-core CPU."""
+
+    numel: int = 1 << 24
+    repeats: int = 3
+    block_channels: dict[str, int] = field(default_factory=lambda: {"resnet": 16, "sqnxt": 32})
+    block_batch: int = 8
+    image_size: int = 32
+    block_methods: tuple[str, ...] = ("euler", "midpoint", "rk4")
+    block_steps: tuple[int, ...] = (1, 2, 4, 8)
+    revolve_checkpoints: tuple[int, ...] = (1, 2)
+    model_widths: dict[str, float] = field(default_factory=lambda: {"resnet": 0.25, "sqnxt": 0.5})
+    model_batch: int = 8
+    model_steps: tuple[int, ...] = (2, 8)
+    model_method: str = "midpoint"
+    revolve_steps: tuple[int, ...] = (8, 32, 128)
+    reversibility_steps: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    reversibility_scales: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    overhead_calls: int = 2000
 
 
-def ops_section(args: argparse.Namespace) -> tuple[Any, str, str]:
+PRESETS = {
+    "default": Preset(),
+    "gpu": Preset(
+        numel=1 << 26,
+        repeats=5,
+        block_channels={"resnet": 64, "sqnxt": 32},
+        block_batch=128,
+        model_widths={"resnet": 1.0, "sqnxt": 1.0},
+        model_batch=128,
+    ),
+    "full": Preset(
+        repeats=5,
+        block_channels={"resnet": 64, "sqnxt": 32},
+        block_batch=16,
+        model_widths={"resnet": 1.0, "sqnxt": 1.0},
+        model_batch=16,
+        model_steps=(1, 2, 4, 8),
+    ),
+    "quick": Preset(
+        numel=1 << 12,
+        repeats=1,
+        block_channels={"resnet": 4, "sqnxt": 8},
+        block_batch=2,
+        image_size=8,
+        block_methods=("euler", "midpoint"),
+        block_steps=(1, 2),
+        revolve_checkpoints=(1,),
+        model_widths={"resnet": 0.0625, "sqnxt": 0.125},
+        model_batch=2,
+        model_steps=(2,),
+        revolve_steps=(8,),
+        reversibility_steps=(1, 4),
+        reversibility_scales=(1.0, 4.0),
+        overhead_calls=200,
+    ),
+}
+
+Section = Callable[[argparse.Namespace, Preset], tuple[Any, str, str]]
+
+
+def ops_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
     dtypes = [torch.float32, torch.bfloat16] if args.device == "cuda" else [torch.float32]
-    rows = [rk4_combine_benchmark(args.numel, args.device, dtype, args.repeats) for dtype in dtypes]
+    rows = [rk4_combine_benchmark(p.numel, args.device, dtype, max(p.repeats, 5)) for dtype in dtypes]
     return rows, "rk_combine: the fused RK4 update against eager PyTorch and the memory floor", format_rk4_table(rows)
 
 
-def overhead_section(args: argparse.Namespace) -> tuple[Any, str, str]:
-    result = overhead_benchmark(args.repeats)
+def overhead_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
+    result = overhead_benchmark(max(p.repeats, 5), calls=p.overhead_calls)
     return result, "Per-call overhead (CPU): what decided the C++ autograd kernels", format_overhead(result)
 
 
-def revolve_section(args: argparse.Namespace) -> tuple[Any, str, str]:
-    rows = revolve_table()
+def revolve_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
+    rows = revolve_table(p.revolve_steps)
     title = "Revolve against anode: peak bytes saved for backward and func evaluations (Euler, conv block)"
     return rows, title, format_revolve_table(rows)
+
+
+def blocks_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
+    solver_list = solvers(p.revolve_checkpoints)
+    rows = []
+    for kind, channels in p.block_channels.items():
+        for method in p.block_methods:
+            for steps in p.block_steps:
+                print(f"  {kind} block ({channels} channels, batch {p.block_batch}), {method}, Nt={steps}", flush=True)
+                rows += block_benchmark(
+                    kind, channels, p.block_batch, p.image_size, method, steps, solver_list, args.device, p.repeats
+                )
+    plots = plot_blocks(rows, args.out)
+    shown = 2 if 2 in p.block_steps else p.block_steps[0]
+    title = (
+        f"ODE blocks, every gradient mode (Nt={shown} shown; every Nt in results.json and the plots "
+        f"{', '.join(os.path.basename(x) for x in plots)})"
+    )
+    return rows, title, format_block_rows(rows, shown)
+
+
+def coupled_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
+    rows = [
+        coupled_benchmark(kind, channels, p.block_batch, p.image_size, p.model_method, steps, grad, args.device, p.repeats)
+        for kind, channels in p.block_channels.items()
+        for steps in p.model_steps
+        for grad in ("direct", "anode")
+    ]
+    return rows, "ANODEv2: a coupled (RDA) block's training step against the same block uncoupled", format_coupled(rows)
+
+
+def models_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
+    rows = []
+    for name, width in p.model_widths.items():
+        for steps in p.model_steps:
+            print(f"  {name} (width x{width:g}, batch {p.model_batch}), {p.model_method}, Nt={steps}", flush=True)
+            rows += model_benchmark(
+                name, width, p.model_batch, p.image_size, steps, p.model_method, args.device, p.repeats
+            )
+    return rows, "Whole models: a training step in each gradient mode", format_model_rows(rows)
+
+
+def reversibility_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
+    rows = reversibility(p.reversibility_steps, p.reversibility_scales)
+    plot_reversibility(rows, args.out)
+    title = "Reversibility of a ReLU conv block (Euler): relative error of the input reconstructed backwards"
+    return rows, title, format_reversibility(rows)
 
 
 SECTIONS: dict[str, Section] = {
     "ops": ops_section,
     "overhead": overhead_section,
     "revolve": revolve_section,
+    "blocks": blocks_section,
+    "coupled": coupled_section,
+    "models": models_section,
+    "reversibility": reversibility_section,
 }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="anode-bench",
-        description="Benchmark anode_ext and write results.json and report.md.",
+        description="Benchmark anode_ext: fused ops, ODE blocks and whole models in every gradient mode, "
+        "against torchdiffeq when installed. Writes results.json, report.md and PNG plots.",
     )
-    parser.add_argument("--out", default="bench_out", help="folder for results.json and report.md (default: %(default)s)")
+    parser.add_argument("--out", default="bench_out", help="output folder (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true", help="the larger grid: published widths on the CPU too")
+    size.add_argument("--quick", action="store_true", help="the smallest sizes (a smoke test of the report)")
     parser.add_argument(
         "--sections",
         default=",".join(SECTIONS),
-        help=f"comma-separated sections to run, from {', '.join(SECTIONS)} (default: all)",
+        help=f"comma-separated sections, from {', '.join(SECTIONS)} (default: all)",
     )
-    parser.add_argument("--numel", type=int, default=1 << 24, help="elements per tensor for the op benchmark (default: 2^24)")
-    parser.add_argument("--repeats", type=int, default=11, help="timed repetitions per variant (default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.numel < 1:
-        parser.error(f"--numel must be at least 1, got {args.numel}")
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown or not args.sections:
@@ -75,12 +192,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def choose_preset(args: argparse.Namespace) -> tuple[str, Preset]:
+    if args.quick:
+        return "quick", PRESETS["quick"]
+    if args.full:
+        return "full", PRESETS["full"]
+    if args.device == "cuda":
+        return "gpu", PRESETS["gpu"]
+    return "default", PRESETS["default"]
+
+
 def write_atomically(path: str, text: str) -> None:
     """Write `text` to `path` through a temporary file, so a reader never sees half a file."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def non_finite(value: Any, where: str = "results") -> list[str]:
+    """Paths of every number in `value` that is NaN or infinite."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [where]
+    if isinstance(value, dict):
+        return [bad for k, v in value.items() for bad in non_finite(v, f"{where}.{k}")]
+    if isinstance(value, list):
+        return [bad for i, v in enumerate(value) for bad in non_finite(v, f"{where}[{i}]")]
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,21 +228,40 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"anode-bench: cannot create output folder {args.out!r}: {error}", file=sys.stderr)
         return 2
+    preset_name, preset = choose_preset(args)
     env = describe(args.device)
-    print(f"anode_ext benchmark on {env['device_name']} ({args.device}), torch {env['torch_version']}", flush=True)
+    env["torchdiffeq"] = torchdiffeq_version()
+    env["preset"] = {"name": preset_name, **asdict(preset)}
+    print(
+        f"anode_ext benchmark ({preset_name} sizes) on {env['device_name']} ({args.device}), torch "
+        f"{env['torch_version']}, torchdiffeq {env['torchdiffeq'] or 'not installed'}",
+        flush=True,
+    )
     results: dict[str, Any] = {"environment": env}
-    report = ["# anode_ext benchmark report", "", f"Device: {env['device_name']} ({args.device}), "
-              f"torch {env['torch_version']}, {env['cpu_count']} CPUs, {env['date']}."]
+    report = [
+        "# anode_ext benchmark report",
+        "",
+        f"{env['device_name']} ({args.device}), {env['cpu_count']} CPUs, torch {env['torch_version']}, "
+        f"torchdiffeq {env['torchdiffeq'] or 'not installed'}, {preset_name} sizes, {env['date']}.",
+        "Times are medians of runs interleaved across the variants compared; memory is the bytes "
+        "autograd holds for backward (parameters excluded).",
+    ]
+    started = time.perf_counter()
     for name in args.sections:
         start = time.perf_counter()
         print(f"[{name}] running ...", flush=True)
-        data, title, table = SECTIONS[name](args)
-        print(f"[{name}] done in {time.perf_counter() - start:.1f} s\n\n{title}\n{table}\n", flush=True)
+        data, title, table = SECTIONS[name](args, preset)
+        print(f"[{name}] done in {time.perf_counter() - start:.0f} s\n\n{title}\n{table}\n", flush=True)
         results[name] = data
         report += ["", f"## {title}", "", table]
+    results["seconds"] = time.perf_counter() - started
+    bad = non_finite(results)
     write_atomically(os.path.join(args.out, "results.json"), json.dumps(results, indent=2) + "\n")
     write_atomically(os.path.join(args.out, "report.md"), "\n".join(report) + "\n")
-    print(f"wrote {os.path.join(args.out, 'results.json')} and {os.path.join(args.out, 'report.md')}")
+    print(f"wrote {args.out}/results.json, report.md and plots in {results['seconds']:.0f} s")
+    if bad:
+        print(f"anode-bench: non-finite figures at {', '.join(bad)}", file=sys.stderr)
+        return 1
     return 0
 
 

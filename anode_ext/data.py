@@ -1,0 +1,149 @@
+"""Datasets for the training command, all as 32x32 image tensors held in memory.
+
+- ``digits``: the 8x8 handwritten digits that ship inside scikit-learn (no download),
+  upsampled to 32x32, one channel, with a fixed 80/20 train/test split;
+- ``cifar10`` / ``cifar100``: read from a local folder in the standard python-pickle
+  layout (nothing is downloaded), with random-crop and flip augmentation;
+- ``synthetic``: random images whose labels a small network can learn, for smoke tests.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DATASETS = ("digits", "cifar10", "cifar100", "synthetic")
+
+CIFAR_FILES = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100),
+}
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
+@dataclass
+class Dataset:
+    """Normalized images (N, C, 32, 32) and labels, split into train and test."""
+
+    name: str
+    train_images: Tensor
+    train_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
+    num_classes: int
+    augment: bool
+
+    @property
+    def in_channels(self) -> int:
+        return self.train_images.shape[1]
+
+
+def _normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
+    std_t = torch.tensor(std).view(1, -1, 1, 1)
+    return (images - mean_t) / std_t
+
+
+def load_digits_dataset() -> Dataset:
+    """scikit-learn's digits, upsampled to 32x32; the split is fixed (every 5th image is test)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
+    labels = torch.tensor(digits.target, dtype=torch.int64)
+    test = torch.arange(len(labels)) % 5 == 0
+    mean, std = images[~test].mean().item(), images[~test].std().item()
+    images = (images - mean) / std
+    return Dataset("digits", images[~test], labels[~test], images[test], labels[test], 10, augment=False)
+
+
+def _read_pickle(path: str, label_key: bytes, expected: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[label_key], dtype=np.int64)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"missing {path}; {expected}") from None
+    except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as error:
+        raise ValueError(f"{path} is not a CIFAR batch file ({error!r}); {expected}") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        raise ValueError(
+            f"{path} holds data of shape {data.shape} and {len(labels)} labels; expected (N, 3072) and N labels. "
+            f"{expected}"
+        )
+    return data, labels
+
+
+def load_cifar(name: str, root: str) -> Dataset:
+    """CIFAR-10 or CIFAR-100 from `root`, which holds the extracted python-pickle archive."""
+    folder, train_files, test_files, label_key, classes = CIFAR_FILES[name]
+    base = os.path.join(root, folder)
+    expected = (
+        f"expected the python version of {name} extracted under {root}: "
+        f"{folder}/{{{', '.join(train_files + test_files)}}}"
+    )
+    if not os.path.isdir(base):
+        raise FileNotFoundError(f"no folder {base}; {expected}")
+
+    def read(files: list[str]) -> tuple[Tensor, Tensor]:
+        parts = [_read_pickle(os.path.join(base, f), label_key, expected) for f in files]
+        data = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32)
+        labels = np.concatenate([p[1] for p in parts])
+        if labels.size and (labels.min() < 0 or labels.max() >= classes):
+            raise ValueError(f"labels in {base} fall outside 0..{classes - 1}; {expected}")
+        images = torch.from_numpy(data).float() / 255.0
+        return _normalize(images, CIFAR_MEAN, CIFAR_STD), torch.from_numpy(labels)
+
+    train_images, train_labels = read(train_files)
+    test_images, test_labels = read(test_files)
+    return Dataset(name, train_images, train_labels, test_images, test_labels, classes, augment=True)
+
+
+def synthetic_dataset(train: int = 256, test: int = 64, classes: int = 10, seed: int = 0) -> Dataset:
+    """Random 3x32x32 images labelled by a fixed random linear map of their pooled pixels."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(train + test, 3, 32, 32, generator=gen)
+    projection = torch.randn(3 * 4 * 4, classes, generator=gen)
+    labels = (F.adaptive_avg_pool2d(images, 4).flatten(1) @ projection).argmax(1)
+    return Dataset("synthetic", images[:train], labels[:train], images[train:], labels[train:], classes, augment=False)
+
+
+def load_dataset(name: str, root: str = "data") -> Dataset:
+    """One of DATASETS; `root` is where cifar10 / cifar100 are looked for."""
+    if name == "digits":
+        return load_digits_dataset()
+    if name in CIFAR_FILES:
+        return load_cifar(name, root)
+    if name == "synthetic":
+        return synthetic_dataset()
+    raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+
+
+def augment(images: Tensor, generator: torch.Generator) -> Tensor:
+    """Random crop with 4 pixels of zero padding, and random horizontal flip, per image."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (n,), generator=generator).tolist()
+    dx = torch.randint(0, 9, (n,), generator=generator).tolist()
+    flip = torch.rand(n, generator=generator) < 0.5
+    crops = torch.stack([padded[i, :, y : y + h, x : x + w] for i, (y, x) in enumerate(zip(dy, dx))])
+    return torch.where(flip.view(n, 1, 1, 1), crops.flip(3), crops)
+
+
+def batches(
+    images: Tensor, labels: Tensor, batch_size: int, indices: Tensor
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Consecutive batches of the samples at `indices` (the last one may be smaller)."""
+    for start in range(0, len(indices), batch_size):
+        chosen = indices[start : start + batch_size]
+        yield images[chosen], labels[chosen]

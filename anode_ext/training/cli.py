@@ -1,0 +1,177 @@
+"""Command line of the training command: arguments, checks, and the distributed setup."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+
+import torch
+import torch.distributed as dist
+
+from .. import models
+from ..data import DATASETS, load_dataset
+from ..models.blocks import COUPLED_CHOICES
+from ..odeint import GRAD_MODES
+from ..rda import REACTIONS
+from ..tableau import TABLEAUX
+from .checkpoint import check_same_architecture, load_checkpoint
+from .loop import RunConfig, Topology, Trainer
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+def _coupled(text: str) -> str:
+    if text in COUPLED_CHOICES or all(part.strip().isdigit() for part in text.split(",")):
+        return text
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(COUPLED_CHOICES)} or stage numbers like 2,3")
+
+
+def parser() -> argparse.ArgumentParser:
+    defaults = RunConfig()
+    p = argparse.ArgumentParser(
+        prog="anode-train",
+        description="Train an ODE network (ANODE / ANODEv2) on digits, CIFAR-10/100 or synthetic data. "
+        "Run under `torchrun --nproc_per_node=N` for distributed data-parallel training.",
+    )
+    p.add_argument("--model", default=defaults.model, help=f"one of {', '.join(models.available())} (default: %(default)s)")
+    p.add_argument("--width", type=_positive_float, default=defaults.width, help="layer width multiplier (default: %(default)s)")
+    p.add_argument("--method", default=defaults.method, choices=sorted(TABLEAUX), help="Runge-Kutta method (default: %(default)s)")
+    p.add_argument("--steps", type=_positive_int, default=defaults.steps, help="Nt, steps per ODE block (default: %(default)s)")
+    p.add_argument("--grad", default=defaults.grad, choices=GRAD_MODES, help="gradient mode (default: %(default)s)")
+    p.add_argument("--checkpoints", type=_positive_int, default=None, help="revolve checkpoints per block")
+    p.add_argument("--coupled", type=_coupled, default=defaults.coupled,
+                   help="ANODEv2: which ODE blocks evolve their weights: none, all, first, last or stages like 2,3")
+    p.add_argument("--q", default=defaults.q, choices=["rda"], help="weight dynamics of coupled blocks")
+    p.add_argument("--reaction", default=defaults.reaction, choices=[r for r in REACTIONS if r != "none"])
+    p.add_argument("--dataset", default=defaults.dataset, choices=DATASETS, help="(default: %(default)s)")
+    p.add_argument("--data-root", default=defaults.data_root,
+                   help="folder holding cifar-10-batches-py / cifar-100-python (default: %(default)s)")
+    p.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="per process (default: %(default)s)")
+    p.add_argument("--lr", type=_positive_float, default=defaults.lr,
+                   help="initial learning rate; divided by 10 at half the epochs and by 100 at three quarters (default: %(default)s)")
+    p.add_argument("--momentum", type=float, default=defaults.momentum)
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--out", default=defaults.out, help="output folder: metrics.jsonl, curves.png, checkpoint.pt (default: %(default)s)")
+    p.add_argument("--resume", default=None, help="a checkpoint.pt to continue from")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _check_output_folder(out: str) -> None:
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise SystemExit(f"anode-train: cannot write to the output folder {out!r}: {error.strerror or error}") from None
+
+
+def _topology(device_arg: str | None) -> Topology:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_arg == "cuda" or (device_arg is None and torch.cuda.is_available())
+    if device_arg not in (None, "cpu", "cuda"):
+        raise SystemExit(f"anode-train: --device must be cpu or cuda, got {device_arg!r}")
+    if use_cuda and not torch.cuda.is_available():
+        raise SystemExit("anode-train: --device cuda was asked for but no CUDA GPU is available")
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+    return Topology(rank=rank, world_size=world, device=device)
+
+
+def build_config(args: argparse.Namespace, num_classes: int, in_channels: int) -> RunConfig:
+    coupled = args.coupled
+    if coupled not in COUPLED_CHOICES:
+        coupled = [int(part) for part in coupled.split(",")]
+    return RunConfig(
+        model=args.model, width=args.width, method=args.method, steps=args.steps, grad=args.grad,
+        checkpoints=args.checkpoints, coupled=coupled, q=args.q, reaction=args.reaction, dataset=args.dataset,
+        data_root=args.data_root, num_classes=num_classes, in_channels=in_channels, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+        seed=args.seed, out=args.out, progress=not args.no_progress,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.model not in models.available():
+        raise SystemExit(f"anode-train: unknown model {args.model!r}; expected one of {', '.join(models.available())}")
+    if args.checkpoints is not None and args.grad != "revolve":
+        raise SystemExit("anode-train: --checkpoints applies to --grad revolve only")
+    if args.coupled != "none" and args.model.endswith("_baseline"):
+        raise SystemExit("anode-train: --coupled needs an ODE model; baselines have no ODE blocks")
+    resume = None
+    if args.resume:
+        try:
+            resume = load_checkpoint(args.resume)
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(f"anode-train: {error}") from None
+    _check_output_folder(args.out)
+    try:
+        data = load_dataset(args.dataset, args.data_root)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"anode-train: dataset {args.dataset}: {error}") from None
+    config = build_config(args, data.num_classes, data.in_channels)
+    if resume is not None:
+        try:
+            check_same_architecture(resume["config"], asdict(config), args.resume)
+        except ValueError as error:
+            raise SystemExit(f"anode-train: {error}") from None
+    topo = _topology(args.device)
+    try:
+        trainer = Trainer(config, data, topo)
+        if resume is not None:
+            trainer.restore(resume)
+        if topo.main:
+            with open(os.path.join(args.out, "config.json"), "w") as f:
+                json.dump({**asdict(config), "world_size": topo.world_size, "device": str(topo.device)}, f, indent=2)
+            print(
+                f"training {config.model} (x{config.width:g}, {models.parameter_count(trainer.model):,} parameters, "
+                f"{config.method}, Nt={config.steps}, grad={config.grad}, coupled={config.coupled}) on {config.dataset} "
+                f"({len(data.train_labels)} train / {len(data.test_labels)} test images), {topo.world_size} process(es) "
+                f"on {topo.device}, from epoch {trainer.epoch}",
+                flush=True,
+            )
+        started = time.perf_counter()
+        outcome = trainer.run()
+        if topo.main:
+            if outcome == "stopped":
+                print(f"stopped: checkpoint written to {trainer.checkpoint_path}; continue with --resume "
+                      f"{trainer.checkpoint_path}", flush=True)
+            else:
+                print(f"finished in {time.perf_counter() - started:.0f} s; metrics in {trainer.metrics_path}", flush=True)
+    finally:
+        if topo.distributed:
+            # The DDP reducer must go before the process group (see tests/test_distributed.py).
+            trainer = None
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

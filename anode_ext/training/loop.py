@@ -1,0 +1,280 @@
+"""The training loop: epochs of SGD with a step schedule, evaluation, checkpoints, and a
+clean stop on SIGINT or SIGTERM. Every random draw is a function of (seed, epoch, batch,
+rank) or is saved in the checkpoint, so a resumed run computes what an uninterrupted
+one computes, bit for bit on the CPU."""
+
+from __future__ import annotations
+
+import bisect
+import os
+import signal
+from collections import Counter
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from .. import models
+from ..data import Dataset, augment, batches
+from .checkpoint import save_atomically
+from .metrics import append_metrics, peak_memory_bytes, plot_curves, read_metrics
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run is made of (saved in each checkpoint)."""
+
+    model: str = "sqnxt"
+    width: float = 1.0
+    method: str = "midpoint"
+    steps: int = 2
+    grad: str = "anode"
+    checkpoints: int | None = None
+    coupled: str = "none"
+    q: str = "rda"
+    reaction: str = "tanh"
+    dataset: str = "digits"
+    data_root: str = "data"
+    num_classes: int = 10
+    in_channels: int = 1
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    out: str = "runs/default"
+    progress: bool = True
+
+    def milestones(self) -> list[int]:
+        """Epochs after which the learning rate drops by 10 (halfway) and by 100 (three quarters)."""
+        return sorted({max(1, round(0.5 * self.epochs)), max(1, round(0.75 * self.epochs))})
+
+
+@dataclass
+class Topology:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+class StopSignal:
+    """Turns the first SIGINT or SIGTERM into a request to checkpoint and stop; a second
+    one stops at once."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignal":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+
+def _batch_generator(config: RunConfig, epoch: int, batch: int, rank: int) -> torch.Generator:
+    # A pure function of its arguments: resuming at any batch redraws the same augmentation.
+    return torch.Generator().manual_seed(((config.seed * 1_000_003 + epoch) * 1_000_003 + batch) * 1_009 + rank)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _all_sum(values: list[float], topo: Topology) -> list[float]:
+    if not topo.distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=topo.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def evaluate(model: nn.Module, data: Dataset, config: RunConfig, topo: Topology) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy on the test split (each rank takes every world_size-th sample)."""
+    model.eval()
+    indices = torch.arange(topo.rank, len(data.test_labels), topo.world_size)
+    loss_sum = correct = 0.0
+    with torch.no_grad():
+        for x, y in batches(data.test_images, data.test_labels, config.batch_size, indices):
+            x, y = x.to(topo.device), y.to(topo.device)
+            logits = model(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+    loss_sum, correct, count = _all_sum([loss_sum, correct, float(len(indices))], topo)
+    return loss_sum / count, correct / count
+
+
+class Trainer:
+    """Builds the model and optimizer for a config and runs (or resumes) its epochs."""
+
+    def __init__(self, config: RunConfig, data: Dataset, topo: Topology) -> None:
+        self.config, self.data, self.topo = config, data, topo
+        torch.manual_seed(config.seed)
+        self.model = models.create(
+            config.model, num_classes=config.num_classes, in_channels=config.in_channels, width=config.width,
+            method=config.method, steps=config.steps, grad=config.grad, checkpoints=config.checkpoints,
+            coupled=config.coupled, q=config.q, reaction=config.reaction,
+        ).to(topo.device)
+        self.net: nn.Module = (
+            nn.parallel.DistributedDataParallel(self.model, device_ids=[topo.device.index] if topo.device.type == "cuda" else None)
+            if topo.distributed
+            else self.model
+        )
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, config.milestones(), gamma=0.1)
+        self.sampler = DistributedSampler(
+            range(len(data.train_labels)), num_replicas=topo.world_size, rank=topo.rank, shuffle=True, seed=config.seed
+        )
+        self.epoch, self.batch = 1, 0
+        self.partial = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
+        self.metrics_path = os.path.join(config.out, "metrics.jsonl")
+        self.checkpoint_path = os.path.join(config.out, "checkpoint.pt")
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint (already checked to fit this model)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        # The schedule follows this run's --epochs, which may extend the saved run's.
+        milestones = self.config.milestones()
+        self.scheduler.milestones = Counter(milestones)
+        drops = bisect.bisect_right(milestones, self.scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * self.scheduler.gamma**drops
+        self.epoch, self.batch = state["epoch"], state["batch"]
+        self.partial = dict(state["partial"])
+        _set_rng_state(state["rng"], self.topo.device)
+
+    def checkpoint(self) -> None:
+        """Save where the run stands (rank 0 only)."""
+        if not self.topo.main:
+            return
+        save_atomically(
+            {
+                "config": asdict(self.config),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "epoch": self.epoch,
+                "batch": self.batch,
+                "partial": dict(self.partial),
+                "rng": _rng_state(self.topo.device),
+            },
+            self.checkpoint_path,
+        )
+
+    def _stop_requested(self, stop: StopSignal) -> bool:
+        flag = 1.0 if stop.received else 0.0
+        return _all_sum([flag], self.topo)[0] > 0
+
+    def run(self) -> str:
+        """Train until the last epoch or a stop signal; returns "finished" or "stopped"."""
+        config, topo = self.config, self.topo
+        with StopSignal() as stop:
+            while self.epoch <= config.epochs:
+                if self._train_epoch(stop) == "stopped":
+                    self.checkpoint()
+                    return "stopped"
+                self.scheduler.step()
+                test_loss, test_accuracy = evaluate(self.net, self.data, config, topo)
+                p = self.partial
+                record = {
+                    "epoch": self.epoch,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "train_loss": p["loss_sum"] / p["seen"],
+                    "train_accuracy": p["correct"] / p["seen"],
+                    "test_loss": test_loss,
+                    "test_accuracy": test_accuracy,
+                    "images_per_s": p["seen"] / max(p["seconds"], 1e-9),
+                    "epoch_seconds": p["seconds"],
+                    "peak_memory_bytes": peak_memory_bytes(topo.device),
+                    "world_size": topo.world_size,
+                }
+                self.epoch, self.batch = self.epoch + 1, 0
+                self.partial = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
+                if topo.main:
+                    append_metrics(self.metrics_path, record)
+                    plot_curves(read_metrics(self.metrics_path), os.path.join(config.out, "curves.png"))
+                    print(
+                        f"epoch {record['epoch']}/{config.epochs}: train loss {record['train_loss']:.4f} "
+                        f"acc {100 * record['train_accuracy']:.2f}% | test loss {record['test_loss']:.4f} "
+                        f"acc {100 * record['test_accuracy']:.2f}% | {record['images_per_s']:.0f} images/s",
+                        flush=True,
+                    )
+                self.checkpoint()
+        return "finished"
+
+    def _train_epoch(self, stop: StopSignal) -> str:
+        config, topo, data = self.config, self.topo, self.data
+        self.net.train()
+        self.sampler.set_epoch(self.epoch)
+        indices = torch.tensor(list(self.sampler))
+        total = (len(indices) + config.batch_size - 1) // config.batch_size
+        bar = tqdm(
+            total=total, initial=self.batch, desc=f"epoch {self.epoch}/{config.epochs}", leave=False,
+            disable=not (config.progress and topo.main),
+        )
+        for b, (x, y) in enumerate(batches(data.train_images, data.train_labels, config.batch_size, indices)):
+            if b < self.batch:
+                continue
+            started = time.perf_counter()
+            if data.augment:
+                x = augment(x, _batch_generator(config, self.epoch, b, topo.rank))
+            x, y = x.to(topo.device), y.to(topo.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            logits = self.net(x)
+            loss = F.cross_entropy(logits, y)
+            loss.backward()
+            self.optimizer.step()
+            loss_sum, correct, seen = _all_sum(
+                [loss.item() * len(y), (logits.argmax(1) == y).sum().item(), float(len(y))], topo
+            )
+            p = self.partial
+            p["loss_sum"] += loss_sum
+            p["correct"] += correct
+            p["seen"] += seen
+            p["seconds"] += time.perf_counter() - started
+            self.batch = b + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{p['loss_sum'] / p['seen']:.3f}")
+            if self._stop_requested(stop):
+                bar.close()
+                return "stopped"
+        bar.close()
+        return "done"

@@ -1,0 +1,101 @@
+"""Datasets: the CIFAR readers on small files in the real format, their errors, augmentation."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from anode_ext.data import CIFAR_MEAN, CIFAR_STD, augment, load_dataset, synthetic_dataset
+
+
+def write_batch(path, n, label_key, classes, seed):
+    rng = np.random.default_rng(seed)
+    batch = {b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8), label_key: rng.integers(0, classes, n).tolist()}
+    with open(path, "wb") as f:
+        pickle.dump(batch, f)
+    return batch
+
+
+def write_cifar10(root, n=4):
+    folder = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(folder)
+    train = [write_batch(os.path.join(folder, f"data_batch_{i}"), n, b"labels", 10, i) for i in range(1, 6)]
+    test = write_batch(os.path.join(folder, "test_batch"), n, b"labels", 10, 99)
+    return folder, train, test
+
+
+def test_cifar10_reader(tmp_path):
+    _, train, test = write_cifar10(str(tmp_path))
+    data = load_dataset("cifar10", str(tmp_path))
+    assert data.train_images.shape == (20, 3, 32, 32) and data.test_images.shape == (4, 3, 32, 32)
+    assert data.num_classes == 10 and data.augment
+    assert data.train_labels.tolist() == sum((b[b"labels"] for b in train), [])
+    pixel = train[0][b"data"][0, 0] / 255.0  # red channel, row 0, column 0 of the first image
+    assert data.train_images[0, 0, 0, 0].item() == pytest.approx((pixel - CIFAR_MEAN[0]) / CIFAR_STD[0], rel=1e-5)
+    assert data.test_labels.tolist() == test[b"labels"]
+
+
+def test_cifar100_reader(tmp_path):
+    folder = os.path.join(tmp_path, "cifar-100-python")
+    os.makedirs(folder)
+    train = write_batch(os.path.join(folder, "train"), 6, b"fine_labels", 100, 1)
+    write_batch(os.path.join(folder, "test"), 3, b"fine_labels", 100, 2)
+    data = load_dataset("cifar100", str(tmp_path))
+    assert data.num_classes == 100 and data.train_images.shape == (6, 3, 32, 32)
+    assert data.train_labels.tolist() == train[b"fine_labels"]
+
+
+def test_missing_folder_names_the_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no folder .*cifar-10-batches-py.*data_batch_1, data_batch_2.*test_batch"):
+        load_dataset("cifar10", str(tmp_path))
+
+
+def test_missing_file(tmp_path):
+    folder, _, _ = write_cifar10(str(tmp_path))
+    os.remove(os.path.join(folder, "data_batch_3"))
+    with pytest.raises(FileNotFoundError, match="missing .*data_batch_3"):
+        load_dataset("cifar10", str(tmp_path))
+
+
+def test_malformed_files(tmp_path):
+    folder, _, _ = write_cifar10(str(tmp_path))
+    with open(os.path.join(folder, "test_batch"), "wb") as f:
+        f.write(b"this is not a pickle")
+    with pytest.raises(ValueError, match="test_batch is not a CIFAR batch file"):
+        load_dataset("cifar10", str(tmp_path))
+    with open(os.path.join(folder, "test_batch"), "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
+    with pytest.raises(ValueError, match=r"holds data of shape \(2, 100\)"):
+        load_dataset("cifar10", str(tmp_path))
+    with open(os.path.join(folder, "test_batch"), "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 12]}, f)
+    with pytest.raises(ValueError, match=r"labels .* fall outside 0..9"):
+        load_dataset("cifar10", str(tmp_path))
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'; expected one of digits, cifar10, cifar100, synthetic"):
+        load_dataset("mnist")
+
+
+def test_augment_crops_and_flips():
+    images = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
+    out = augment(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    for i in range(2):
+        found = False
+        for y in range(9):
+            for x in range(9):
+                window = padded[i, :, y : y + 32, x : x + 32]
+                if torch.equal(out[i], window) or torch.equal(out[i], window.flip(2)):
+                    found = True
+        assert found, "an augmented image is not a (flipped) crop of the padded image"
+
+
+def test_synthetic_is_learnable_and_fixed():
+    a, b = synthetic_dataset(), synthetic_dataset()
+    assert torch.equal(a.train_images, b.train_images) and torch.equal(a.train_labels, b.train_labels)
+    assert len(set(a.train_labels.tolist())) > 3
