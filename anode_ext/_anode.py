@@ -64,7 +64,6 @@ class AnodeFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grad_outputs):
         refuse_double_backward("anode")
-        n = ctx.n_state
         needs = ctx.needs_input_grad[4:]
         replay = ctx.forward_state
         # Buffers are restored only after the gradient is taken: the recomputed graph

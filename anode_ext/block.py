@@ -6,8 +6,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from .odeint import check_grad, check_revolve_options, check_steps, odeint
-from .revolve import _check as _check_revolve_args
+from .odeint import check_solve_options, odeint
 from .tableau import Tableau, get_tableau
 
 __all__ = ["ODEBlock"]
@@ -37,11 +36,7 @@ class ODEBlock(nn.Module):
             raise TypeError(f"func must be callable as func(t, x), got {type(func).__name__}")
         self.func = func
         self.tableau = get_tableau(method)
-        self.steps = check_steps(steps)
-        self.grad = check_grad(grad)
-        check_revolve_options(self.grad, self.steps, checkpoints, memory_budget)
-        if checkpoints is not None:
-            _check_revolve_args(self.steps, checkpoints)
+        self.steps, self.grad = check_solve_options(steps, grad, checkpoints, memory_budget)
         self.t0 = float(t0)
         self.t1 = float(t1)
         self.checkpoints = checkpoints

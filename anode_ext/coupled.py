@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .odeint import check_grad, check_revolve_options, check_steps, odeint, solve_problem
+from .odeint import check_solve_options, odeint, solve_problem
 from .rda import RDA
-from .revolve import _check as _check_revolve_args
 from .solver import Problem, State, _checked, _combine
 from .tableau import Tableau, get_tableau
 
@@ -123,11 +122,7 @@ class CoupledODEBlock(nn.Module):
             raise ValueError(f"q must be 'rda', 'none' or an nn.Module q(t, thetas); got {q!r}")
         self.q = q
         self.tableau = get_tableau(method)
-        self.steps = check_steps(steps)
-        self.grad = check_grad(grad)
-        check_revolve_options(self.grad, self.steps, checkpoints, memory_budget)
-        if checkpoints is not None:
-            _check_revolve_args(self.steps, checkpoints)
+        self.steps, self.grad = check_solve_options(steps, grad, checkpoints, memory_budget)
         self.t0, self.t1 = float(t0), float(t1)
         self.checkpoints, self.memory_budget = checkpoints, memory_budget
 

@@ -64,6 +64,14 @@ def check_revolve_options(grad: str, steps: int, checkpoints: object, memory_bud
         _check_revolve_args(steps, checkpoints)
 
 
+def check_solve_options(steps: object, grad: object, checkpoints: object, memory_budget: object) -> tuple[int, str]:
+    """Validated (steps, grad), or a clear error for any option that does not fit."""
+    steps = check_steps(steps)
+    grad = check_grad(grad)
+    check_revolve_options(grad, steps, checkpoints, memory_budget)
+    return steps, grad
+
+
 def _state_bytes(state: State) -> int:
     return sum(t.numel() * t.element_size() for t in state)
 
@@ -104,8 +112,7 @@ def solve_problem(
     owner: Callable,
 ) -> State:
     """Run `problem` from `state` with the gradient mode `grad`."""
-    grad = check_grad(grad)
-    check_revolve_options(grad, problem.steps, checkpoints, memory_budget)
+    _, grad = check_solve_options(problem.steps, grad, checkpoints, memory_budget)
     if grad == "direct" or not torch.is_grad_enabled():
         return problem.solve(state)
     if grad == "revolve" and checkpoints is None:

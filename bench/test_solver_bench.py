@@ -2,31 +2,16 @@
 
 import pytest
 import torch
-from torch import nn
 
 from anode_ext import odeint
+from anode_ext.models.blocks import ResNetBranch
 from anode_ext.bench.timing import synchronize
-
-
-class ResidualBranch(nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-        )
-
-    def forward(self, t, x):
-        return self.net(x)
 
 
 @pytest.fixture
 def block(device):
     torch.manual_seed(0)
-    func = ResidualBranch(16).to(device)
+    func = ResNetBranch(16).to(device)
     x = torch.randn(8, 16, 32, 32, device=device, requires_grad=True)
     return func, x
 

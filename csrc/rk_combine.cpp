@@ -65,6 +65,29 @@ void check_rk_combine_backward_args(const at::Tensor& grad, at::ArrayRef<double>
               "rk_combine_backward: weights is empty; expected at least one weight");
 }
 
+at::Tensor rk_combine_with(CombineInto combine_into, const at::Tensor& y, at::TensorList ks,
+                           at::ArrayRef<double> weights, double h) {
+  check_rk_combine_args(y, ks, weights);
+  // empty_like is always dense and keeps a dense input's layout (e.g.
+  // channels_last), so inputs that share it are read in place.
+  const at::Tensor out = at::empty_like(y);
+  combine_into(out, y, ks, weights, h);
+  return out;
+}
+
+void rk_combine_out_with(CombineInto combine_into, const at::Tensor& out, const at::Tensor& y,
+                         at::TensorList ks, at::ArrayRef<double> weights, double h) {
+  check_rk_combine_args(y, ks, weights);
+  check_rk_combine_out(out, y, ks);
+  if (is_flat_writable(out)) {
+    combine_into(out, y, ks, weights, h);
+    return;
+  }
+  const at::Tensor dense = at::empty_like(out, at::MemoryFormat::Contiguous);
+  combine_into(dense, y, ks, weights, h);
+  out.copy_(dense);
+}
+
 bool is_flat_writable(const at::Tensor& t) { return t.is_non_overlapping_and_dense(); }
 
 at::Tensor match_layout(const at::Tensor& t, const at::Tensor& like) {

@@ -46,6 +46,17 @@ void check_rk_combine_out(const at::Tensor& out, const at::Tensor& y,
 void check_rk_combine_backward_args(const at::Tensor& grad,
                                     at::ArrayRef<double> weights);
 
+// Writes y + h * sum_i w_i k_i into a dense `out`: the device-specific part.
+using CombineInto = void (*)(const at::Tensor& out, const at::Tensor& y, at::TensorList ks,
+                             at::ArrayRef<double> weights, double h);
+
+// rk_combine and rk_combine_out around a device's CombineInto: argument checks and
+// the choice of a dense destination, shared by the CPU and CUDA registrations.
+at::Tensor rk_combine_with(CombineInto combine_into, const at::Tensor& y, at::TensorList ks,
+                           at::ArrayRef<double> weights, double h);
+void rk_combine_out_with(CombineInto combine_into, const at::Tensor& out, const at::Tensor& y,
+                         at::TensorList ks, at::ArrayRef<double> weights, double h);
+
 // Returns t laid out exactly like `like` (same strides), copying only when the
 // layouts differ, so kernels can walk every operand with one flat index.
 at::Tensor match_layout(const at::Tensor& t, const at::Tensor& like);

@@ -6,7 +6,9 @@ import os
 
 import pytest
 
-from anode_ext.bench.cli import SECTIONS, main
+pytest.importorskip("matplotlib")
+
+from anode_ext.bench.cli import SECTIONS, main  # noqa: E402
 
 
 def numbers(value):

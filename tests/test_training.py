@@ -10,10 +10,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from anode_ext.data import load_dataset, synthetic_dataset
-from anode_ext.training import checkpoint as checkpoint_module
-from anode_ext.training.cli import main
-from anode_ext.training.loop import RunConfig, Topology, Trainer
+pytest.importorskip("tqdm")
+pytest.importorskip("matplotlib")
+
+from anode_ext.data import load_dataset, synthetic_dataset  # noqa: E402
+from anode_ext.training import checkpoint as checkpoint_module  # noqa: E402
+from anode_ext.training.loop import RunConfig, Topology, Trainer  # noqa: E402
 
 TINY = dict(model="sqnxt", width=0.125, steps=2, batch_size=64, dataset="synthetic", num_classes=10,
             in_channels=3, progress=False)
@@ -190,6 +192,7 @@ def test_torchrun_two_processes(tmp_path):
 
 
 def test_digits_split():
+    pytest.importorskip("sklearn")
     data = load_dataset("digits")
     assert data.train_images.shape == (1437, 1, 32, 32) and data.test_images.shape == (360, 1, 32, 32)
     assert data.num_classes == 10 and set(data.test_labels.tolist()) == set(range(10))

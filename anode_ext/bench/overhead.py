@@ -44,7 +44,7 @@ def overhead_benchmark(repeats: int = 11, calls: int = 2000) -> dict[str, Any]:
     """Per-call cost of rk_combine on 16 elements (C++ vs Python autograd registration),
     and the Python bookkeeping of one RK4 step, in microseconds."""
     _register_python_autograd_twin()
-    twin = getattr(torch.ops.anode_ext_bench, "rk_combine_python_autograd").default
+    twin = torch.ops.anode_ext_bench.rk_combine_python_autograd.default
     fused = torch.ops.anode_ext.rk_combine.default
     y = torch.randn(16, requires_grad=True)
     ks = [torch.randn(16) for _ in range(2)]

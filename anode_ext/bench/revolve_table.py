@@ -6,29 +6,22 @@ import math
 from typing import Any
 
 import torch
-from torch import nn
 
+from ..models.blocks import ResNetBranch
 from ..odeint import odeint
 from .memory import count_saved_bytes
 
 
-class _CountingConvFunc(nn.Module):
-    """conv - BatchNorm - ReLU - conv - BatchNorm that counts its evaluations."""
+class _CountingConvFunc(ResNetBranch):
+    """The ODE-ResNet branch, counting its evaluations."""
 
     def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-        )
+        super().__init__(channels)
         self.calls = 0
 
     def forward(self, t: float, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        return self.net(x)
+        return super().forward(t, x)
 
 
 def _measure(steps: int, grad: str, checkpoints: int | None, method: str, shape: tuple[int, ...]) -> tuple[int, int]:

@@ -125,25 +125,12 @@ void combine_into(const at::Tensor& out, const at::Tensor& y, at::TensorList ks,
 
 at::Tensor rk_combine_cpu(const at::Tensor& y, at::TensorList ks, at::ArrayRef<double> weights,
                           double h) {
-  check_rk_combine_args(y, ks, weights);
-  // empty_like is always dense and keeps a dense input's layout (e.g.
-  // channels_last), so inputs that share it are read in place.
-  const at::Tensor out = at::empty_like(y);
-  combine_into(out, y, ks, weights, h);
-  return out;
+  return rk_combine_with(&combine_into, y, ks, weights, h);
 }
 
 void rk_combine_out_cpu(const at::Tensor& out, const at::Tensor& y, at::TensorList ks,
                         at::ArrayRef<double> weights, double h) {
-  check_rk_combine_args(y, ks, weights);
-  check_rk_combine_out(out, y, ks);
-  if (is_flat_writable(out)) {
-    combine_into(out, y, ks, weights, h);
-    return;
-  }
-  at::Tensor dense = at::empty_like(out, at::MemoryFormat::Contiguous);
-  combine_into(dense, y, ks, weights, h);
-  out.copy_(dense);
+  rk_combine_out_with(&combine_into, out, y, ks, weights, h);
 }
 
 std::vector<at::Tensor> rk_combine_backward_cpu(const at::Tensor& grad,
