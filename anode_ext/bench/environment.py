@@ -17,12 +17,24 @@ def best_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def cpu_name() -> str:
+    """The CPU model as the operating system reports it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def describe(device: str) -> dict[str, Any]:
     """Device name, versions, build and CPU facts for a results file."""
     if torch.device(device).type == "cuda":
         name = torch.cuda.get_device_name(torch.device(device))
     else:
-        name = platform.processor() or platform.machine()
+        name = cpu_name()
     return {
         "device": device,
         "device_name": name,
