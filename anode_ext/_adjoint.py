@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ._anode import refuse_double_backward
 from ._recompute import ForwardState, buffers_unchanged
-from .solver import Problem, State, _checked, rk_step
+from .solver import Problem, State, checked_derivative, rk_step
 
 
 def _zero_if_none(grads, like):
@@ -61,7 +61,7 @@ class AdjointFunction(torch.autograd.Function):
             with torch.enable_grad():
                 y = tuple(v.detach().requires_grad_(True) for v in y)
                 with ctx.forward_state.autocast():
-                    f = _checked(problem.func(t, y), y)
+                    f = checked_derivative(problem.func(t, y), y)
                 live = [(o, g) for o, g in zip(f, a) if o.requires_grad]
                 if live:
                     vjp = torch.autograd.grad([o for o, _ in live], (*y, *params), [g for _, g in live], allow_unused=True)

@@ -21,7 +21,7 @@ from torch.func import functional_call
 
 from .odeint import check_solve_options, odeint, solve_problem
 from .rda import RDA
-from .solver import Problem, State, _checked, _combine
+from .solver import Problem, State, checked_derivative, combine_stages
 from .tableau import Tableau, get_tableau
 
 __all__ = ["CoupledODEBlock", "evolving_weights"]
@@ -71,10 +71,10 @@ class _CoupledProblem(Problem):
                 ks.append((first_k[0],))
                 continue
             which, weights = tableau.terms[i]
-            (stage_z,) = _combine((z,), ks, which, weights, h)
-            ks.append(_checked((joint.f(t + tableau.c[i] * h, stage_z, stage_thetas[i]),), (z,)))
+            (stage_z,) = combine_stages((z,), ks, which, weights, h)
+            ks.append(checked_derivative((joint.f(t + tableau.c[i] * h, stage_z, stage_thetas[i]),), (z,)))
         which, weights = tableau.terms[-1]
-        (next_z,) = _combine((z,), ks, which, weights, h)
+        (next_z,) = combine_stages((z,), ks, which, weights, h)
         return (next_z, *(steps[-1] for steps in fused))
 
 

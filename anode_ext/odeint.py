@@ -15,7 +15,7 @@ from ._anode import AnodeFunction
 from ._recompute import ForwardState, dependencies
 from ._revolve_function import RevolveFunction
 from .revolve import _check as _check_revolve_args
-from .revolve import checkpoints_for_budget
+from .revolve import _check_budget, checkpoints_for_budget
 from .solver import Problem, State, StateFunc
 from .tableau import Tableau, get_tableau
 
@@ -62,6 +62,8 @@ def check_revolve_options(grad: str, steps: int, checkpoints: object, memory_bud
         raise ValueError("give checkpoints= or memory_budget=, not both")
     if checkpoints is not None:
         _check_revolve_args(steps, checkpoints)
+    if memory_budget is not None:
+        _check_budget(memory_budget)
 
 
 def check_solve_options(steps: object, grad: object, checkpoints: object, memory_budget: object) -> tuple[int, str]:

@@ -109,6 +109,11 @@ def _kept_states(steps: int, checkpoints: int) -> tuple[tuple[int, ...], int]:
     return tuple(kept), cost[depth][steps]
 
 
+def _check_budget(memory_budget: int) -> None:
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, numbers.Integral) or memory_budget < 0:
+        raise ValueError(f"memory_budget must be a non-negative integer number of bytes, got {memory_budget!r}")
+
+
 def optimal_advances(steps: int, checkpoints: int) -> int:
     """The fewest steps the backward recomputes without taping, for ``steps`` steps and
     ``checkpoints`` checkpoints (a block then evaluates ``2 * steps + optimal_advances``
@@ -166,8 +171,7 @@ def schedule(steps: int, checkpoints: int) -> Schedule:
 def checkpoints_for_budget(memory_budget: int, state_bytes: int, steps: int) -> int:
     """How many checkpoints fit in ``memory_budget`` bytes (the block input not counted),
     capped at steps - 1, beyond which more checkpoints save nothing."""
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, numbers.Integral) or memory_budget < 0:
-        raise ValueError(f"memory_budget must be a non-negative integer number of bytes, got {memory_budget!r}")
+    _check_budget(memory_budget)
     count = memory_budget // max(state_bytes, 1)
     if count < 1:
         raise ValueError(

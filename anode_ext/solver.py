@@ -21,13 +21,13 @@ StateFunc = Callable[[float, State], Sequence[Tensor]]
 _rk_combine = torch.ops.anode_ext.rk_combine.default
 
 
-def _combine(state: State, ks: list[State], which: tuple[int, ...], weights: tuple[float, ...], h: float) -> State:
+def combine_stages(state: State, ks: list[State], which: tuple[int, ...], weights: tuple[float, ...], h: float) -> State:
     if not which:
         return state
     return tuple(_rk_combine(y, [ks[j][m] for j in which], list(weights), h) for m, y in enumerate(state))
 
 
-def _checked(derivative: Sequence[Tensor], state: State) -> State:
+def checked_derivative(derivative: Sequence[Tensor], state: State) -> State:
     """The derivative as a tuple in the state's dtypes, or a clear error."""
     if isinstance(derivative, Tensor):
         derivative = (derivative,)
@@ -65,10 +65,10 @@ def rk_step(
             ks.append(first_k)
             continue
         which, weights = plan[i]
-        stage = _combine(state, ks, which, weights, h)
-        ks.append(_checked(func(t + tableau.c[i] * h, stage), state))
+        stage = combine_stages(state, ks, which, weights, h)
+        ks.append(checked_derivative(func(t + tableau.c[i] * h, stage), state))
     which, weights = plan[-1]
-    return _combine(state, ks, which, weights, h)
+    return combine_stages(state, ks, which, weights, h)
 
 
 @dataclass
@@ -99,4 +99,4 @@ class Problem:
 
     def evaluate(self, n: int, state: State) -> State:
         """func at step n's start, as the first stage of that step uses it."""
-        return _checked(self.func(self.t0 + n * self.h, state), state)
+        return checked_derivative(self.func(self.t0 + n * self.h, state), state)
