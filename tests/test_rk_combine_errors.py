@@ -114,7 +114,7 @@ def test_out_refuses_autograd():
         rk_combine(y, [y], [1.0], 0.1, out=torch.zeros(4))
 
 
-@pytest.mark.skipif(HAS_CUDA, reason="checks the message of a CPU-only build")
-def test_cuda_input_on_cpu_only_build_is_an_error():
+@pytest.mark.skipif(HAS_CUDA, reason="checks what happens where no GPU is usable")
+def test_cuda_input_without_a_usable_gpu_is_an_error():
     with pytest.raises((RuntimeError, AssertionError)):
         rk_combine(torch.zeros(2, device="cuda"), [torch.zeros(2, device="cuda")], [1.0], 0.1)
