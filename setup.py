@@ -121,6 +121,7 @@ def extensions():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "autograd", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    sources += sorted(glob.glob(os.path.join("csrc", "python", "*.cpp")))
     defines = [f'-DANODE_EXT_TORCH_VERSION="{torch.__version__}"']
     # No contraction of a*b+c into fma: the CPU and CUDA kernels then round the
     # same way and their results agree bit for bit.

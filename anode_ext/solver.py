@@ -6,6 +6,7 @@ autograd mode the caller chose. All stage arithmetic goes through rk_combine.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -13,24 +14,37 @@ import torch
 from torch import Tensor
 
 from . import ops  # noqa: F401  (loads the compiled ops and their fake kernels)
+from ._library import _C
 from .tableau import Tableau
 
 State = tuple[Tensor, ...]
 StateFunc = Callable[[float, State], Sequence[Tensor]]
 
+
 _rk_combine = torch.ops.anode_ext.rk_combine.default
 
+# The step has two implementations with the same results and errors: the compiled one
+# (csrc/python/solver_step.cpp), which eager code runs because with a cheap func the
+# Python bookkeeping of a step costs more than its arithmetic (docs/design_decisions.md),
+# and the Python one below, which torch.compile runs because it can trace it.
+# tests/test_solver_step.py holds the two to each other.
 
-def combine_stages(state: State, ks: list[State], which: tuple[int, ...], weights: tuple[float, ...], h: float) -> State:
+
+def python_combine_stages(
+    state: State, ks: Sequence[State], which: tuple[int, ...], weights: tuple[float, ...], h: float
+) -> State:
+    """combine_stages in Python."""
     if not which:
         return state
     return tuple(_rk_combine(y, [ks[j][m] for j in which], list(weights), h) for m, y in enumerate(state))
 
 
-def checked_derivative(derivative: Sequence[Tensor], state: State) -> State:
-    """The derivative as a tuple in the state's dtypes, or a clear error."""
+def python_checked_derivative(derivative: Tensor | Sequence[Tensor], state: State) -> State:
+    """checked_derivative in Python."""
     if isinstance(derivative, Tensor):
         derivative = (derivative,)
+    elif isinstance(derivative, str) or not isinstance(derivative, Sequence):
+        raise TypeError(f"func must return a tensor or a sequence of tensors, got {type(derivative).__name__}")
     if len(derivative) != len(state):
         raise RuntimeError(f"func returned {len(derivative)} tensors for a state of {len(state)}")
     out = []
@@ -49,6 +63,43 @@ def checked_derivative(derivative: Sequence[Tensor], state: State) -> State:
     return tuple(out)
 
 
+def python_rk_step(
+    func: StateFunc, t: float, h: float, state: State, tableau: Tableau, first_k: State | None = None
+) -> State:
+    """rk_step in Python."""
+    ks: list[State] = []
+    for i in range(tableau.stages):
+        if i == 0 and first_k is not None:
+            ks.append(first_k)
+            continue
+        which, weights = tableau.terms[i]
+        stage = python_combine_stages(state, ks, which, weights, h)
+        ks.append(python_checked_derivative(func(t + tableau.c[i] * h, stage), state))
+    which, weights = tableau.terms[-1]
+    return python_combine_stages(state, ks, which, weights, h)
+
+
+@functools.lru_cache(maxsize=64)
+def _step_plan(tableau: Tableau) -> object:
+    which = [list(w) for w, _ in tableau.terms]
+    weights = [list(v) for _, v in tableau.terms]
+    return _C.StepPlan(which, weights, list(tableau.c))
+
+
+def combine_stages(state: State, ks: Sequence[State], which: tuple[int, ...], weights: tuple[float, ...], h: float) -> State:
+    """``y + h * sum_j weights[j] * ks[which[j]]`` for each tensor y of the state."""
+    if torch.compiler.is_compiling():
+        return python_combine_stages(state, ks, which, weights, h)
+    return tuple(_C.combine_stages(list(state), ks, which, weights, h))
+
+
+def checked_derivative(derivative: Tensor | Sequence[Tensor], state: State) -> State:
+    """The derivative as a tuple in the state's dtypes, or a clear error."""
+    if torch.compiler.is_compiling():
+        return python_checked_derivative(derivative, state)
+    return tuple(_C.checked_derivative(derivative, list(state)))
+
+
 def rk_step(
     func: StateFunc,
     t: float,
@@ -58,17 +109,10 @@ def rk_step(
     first_k: State | None = None,
 ) -> State:
     """One step of size h from (t, state); `first_k` is f(t, state) when already known."""
-    plan = tableau.terms
-    ks: list[State] = []
-    for i in range(tableau.stages):
-        if i == 0 and first_k is not None:
-            ks.append(first_k)
-            continue
-        which, weights = plan[i]
-        stage = combine_stages(state, ks, which, weights, h)
-        ks.append(checked_derivative(func(t + tableau.c[i] * h, stage), state))
-    which, weights = plan[-1]
-    return combine_stages(state, ks, which, weights, h)
+    if torch.compiler.is_compiling():
+        return python_rk_step(func, t, h, state, tableau, first_k)
+    first = None if first_k is None else list(first_k)
+    return tuple(_C.rk_step(func, t, h, list(state), _step_plan(tableau), first))
 
 
 @dataclass

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 namespace anode_ext {
 
@@ -86,6 +87,22 @@ void rk_combine_out_with(CombineInto combine_into, const at::Tensor& out, const 
   const at::Tensor dense = at::empty_like(out, at::MemoryFormat::Contiguous);
   combine_into(dense, y, ks, weights, h);
   out.copy_(dense);
+}
+
+at::Tensor call_rk_combine(const at::Tensor& y, at::TensorList ks, at::ArrayRef<double> weights,
+                           double h) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("anode_ext::rk_combine", "")
+                       .typed<at::Tensor(const at::Tensor&, at::TensorList, at::ArrayRef<double>, double)>();
+  return op.call(y, ks, weights, h);
+}
+
+std::vector<at::Tensor> call_rk_combine_backward(const at::Tensor& grad,
+                                                 at::ArrayRef<double> weights, double h) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("anode_ext::rk_combine_backward", "")
+                       .typed<std::vector<at::Tensor>(const at::Tensor&, at::ArrayRef<double>, double)>();
+  return op.call(grad, weights, h);
 }
 
 bool is_flat_writable(const at::Tensor& t) { return t.is_non_overlapping_and_dense(); }

@@ -57,6 +57,13 @@ at::Tensor rk_combine_with(CombineInto combine_into, const at::Tensor& y, at::Te
 void rk_combine_out_with(CombineInto combine_into, const at::Tensor& out, const at::Tensor& y,
                          at::TensorList ks, at::ArrayRef<double> weights, double h);
 
+// rk_combine and rk_combine_backward through the dispatcher, autograd included:
+// the entry points for C++ callers (the autograd formulas, the solver step).
+at::Tensor call_rk_combine(const at::Tensor& y, at::TensorList ks, at::ArrayRef<double> weights,
+                           double h);
+std::vector<at::Tensor> call_rk_combine_backward(const at::Tensor& grad,
+                                                 at::ArrayRef<double> weights, double h);
+
 // Returns t laid out exactly like `like` (same strides), copying only when the
 // layouts differ, so kernels can walk every operand with one flat index.
 at::Tensor match_layout(const at::Tensor& t, const at::Tensor& like);

@@ -29,7 +29,8 @@ def _step(func: nn.Module, x: Tensor, solver: Solver, method: str, steps: int, w
     (solver.integrate(func, x, method, steps) * weights).sum().backward()
 
 
-def _gradients(func: nn.Module, x: Tensor, solver: Solver, method: str, steps: int) -> list[Tensor]:
+def block_gradients(func: nn.Module, x: Tensor, solver: Solver, method: str, steps: int) -> list[Tensor]:
+    """The input and parameter gradients of <solve(x), fixed weights>; zeros where unused."""
     func.zero_grad(set_to_none=True)
     x = x.detach().requires_grad_(True)
     y = solver.integrate(func, x, method, steps)
@@ -94,8 +95,8 @@ def block_benchmark(
     for solver in solver_list:
         reference_method = solver.exact_method(method)
         if reference_method not in exact:
-            exact[reference_method] = _gradients(func64, x64, Solver("direct", "anode_ext", "direct"), reference_method, steps)
-        error = gradient_error(_gradients(func64, x64, solver, method, steps), exact[reference_method])
+            exact[reference_method] = block_gradients(func64, x64, Solver("direct", "anode_ext", "direct"), reference_method, steps)
+        error = gradient_error(block_gradients(func64, x64, solver, method, steps), exact[reference_method])
         held, peak, device_peak = _memory(func, x, solver, method, steps, device)
         rows.append(
             {

@@ -23,6 +23,14 @@ from .overhead import format_overhead, overhead_benchmark
 from .plots import plot_blocks, plot_reversibility
 from .reversibility import format_reversibility, reversibility
 from .revolve_table import format_revolve_table, revolve_table
+from .solver_costs import (
+    adjoint_errors,
+    conv_block_costs,
+    format_adjoint_errors,
+    format_conv_block,
+    format_step_overhead,
+    step_overhead,
+)
 from .solvers import solvers, torchdiffeq_version
 
 
@@ -46,6 +54,10 @@ class Preset:
     reversibility_steps: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     reversibility_scales: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     overhead_calls: int = 2000
+    conv_block: dict[str, int] = field(default_factory=lambda: {"channels": 64, "batch": 8, "image_size": 32, "steps": 4})
+    step_overhead_steps: int = 100
+    adjoint_error_steps: tuple[int, ...] = (1, 2, 4, 8)
+    adjoint_error_block: dict[str, int] = field(default_factory=lambda: {"channels": 32, "image_size": 16, "batch": 2})
 
 
 PRESETS = {
@@ -57,6 +69,7 @@ PRESETS = {
         block_batch=128,
         model_widths={"resnet": 1.0, "sqnxt": 1.0},
         model_batch=128,
+        conv_block={"channels": 64, "batch": 128, "image_size": 32, "steps": 4},
     ),
     "full": Preset(
         repeats=5,
@@ -65,6 +78,7 @@ PRESETS = {
         model_widths={"resnet": 1.0, "sqnxt": 1.0},
         model_batch=16,
         model_steps=(1, 2, 4, 8),
+        conv_block={"channels": 64, "batch": 32, "image_size": 32, "steps": 4},
     ),
     "quick": Preset(
         numel=1 << 12,
@@ -82,6 +96,10 @@ PRESETS = {
         reversibility_steps=(1, 4),
         reversibility_scales=(1.0, 4.0),
         overhead_calls=200,
+        conv_block={"channels": 4, "batch": 2, "image_size": 8, "steps": 2},
+        step_overhead_steps=5,
+        adjoint_error_steps=(1, 2),
+        adjoint_error_block={"channels": 4, "image_size": 8, "batch": 1},
     ),
 }
 
@@ -96,7 +114,28 @@ def ops_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
 
 def overhead_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
     result = overhead_benchmark(max(p.repeats, 5), calls=p.overhead_calls)
-    return result, "Per-call overhead (CPU): what decided the C++ autograd kernels", format_overhead(result)
+    return result, "Per-call overhead (CPU): what decided the C++ autograd kernels and step loop", format_overhead(result)
+
+
+def conv_block_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
+    result = conv_block_costs(**p.conv_block, method="rk4", device=args.device, repeats=p.repeats)
+    return result, "Training step of a conv ODE block: anode against direct and torchdiffeq", format_conv_block(result)
+
+
+def step_overhead_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
+    result = step_overhead(steps=p.step_overhead_steps, repeats=max(5, 5 * p.repeats))
+    title = "Solver overhead per step with a cheap func (CPU): anode_ext against torchdiffeq"
+    return result, title, format_step_overhead(result)
+
+
+def adjoint_error_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
+    rows = adjoint_errors(p.adjoint_error_steps, **p.adjoint_error_block)
+    block = p.adjoint_error_block
+    title = (
+        f"Adjoint gradient error against the exact discrete gradient (conv–ReLU block, {block['channels']} channels, "
+        f"{block['image_size']}×{block['image_size']}, rk4, float64)"
+    )
+    return rows, title, format_adjoint_errors(rows)
 
 
 def revolve_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
@@ -155,6 +194,9 @@ def reversibility_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str
 SECTIONS: dict[str, Section] = {
     "ops": ops_section,
     "overhead": overhead_section,
+    "step_overhead": step_overhead_section,
+    "conv_block": conv_block_section,
+    "adjoint_error": adjoint_error_section,
     "revolve": revolve_section,
     "blocks": blocks_section,
     "coupled": coupled_section,

@@ -9,22 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 
 from ..odeint import odeint
-
-
-class _ConvReLU(nn.Module):
-    def __init__(self, channels: int, scale: float) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-        with torch.no_grad():
-            for conv in (self.conv1, self.conv2):
-                conv.weight.mul_(scale)
-
-    def forward(self, t: float, x: Tensor) -> Tensor:
-        return self.conv2(torch.relu(self.conv1(x)))
+from .funcs import ConvReLU
 
 
 def reversibility(
@@ -39,7 +26,7 @@ def reversibility(
     rows = []
     for scale in scales:
         torch.manual_seed(0)
-        func = _ConvReLU(channels, scale).double()
+        func = ConvReLU(channels, scale).double()
         x = torch.randn(batch, channels, image_size, image_size, dtype=torch.float64)
         for steps in steps_list:
             with torch.no_grad():

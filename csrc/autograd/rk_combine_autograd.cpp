@@ -7,29 +7,16 @@
 // is itself a dispatcher op, so double backward works too.
 
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
+
+#include "../rk_combine.h"
 
 namespace anode_ext {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-at::Tensor call_rk_combine(const at::Tensor& y, at::TensorList ks, at::ArrayRef<double> weights,
-                           double h) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("anode_ext::rk_combine", "")
-                       .typed<at::Tensor(const at::Tensor&, at::TensorList, at::ArrayRef<double>, double)>();
-  return op.call(y, ks, weights, h);
-}
-
-std::vector<at::Tensor> call_rk_combine_backward(const at::Tensor& grad,
-                                                 at::ArrayRef<double> weights, double h) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("anode_ext::rk_combine_backward", "")
-                       .typed<std::vector<at::Tensor>(const at::Tensor&, at::ArrayRef<double>, double)>();
-  return op.call(grad, weights, h);
-}
 
 class RkCombine : public torch::autograd::Function<RkCombine> {
  public:
@@ -101,13 +88,29 @@ class RkCombineBackward : public torch::autograd::Function<RkCombineBackward> {
   }
 };
 
+// Calls that record nothing (no_grad, inference, a backward pass that is not
+// building a graph) skip the autograd Function: it costs more than the kernel
+// on small states.
+bool records_graph(const at::Tensor& y, at::TensorList ks) {
+  return torch::autograd::compute_requires_grad(y, ks) ||
+         torch::autograd::isFwGradDefined(y) || torch::autograd::isFwGradDefinedTensorList(ks);
+}
+
 at::Tensor rk_combine_autograd(const at::Tensor& y, at::TensorList ks,
                                at::ArrayRef<double> weights, double h) {
+  if (!records_graph(y, ks)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_rk_combine(y, ks, weights, h);
+  }
   return RkCombine::apply(y, ks, weights, h);
 }
 
 std::vector<at::Tensor> rk_combine_backward_autograd(const at::Tensor& grad,
                                                      at::ArrayRef<double> weights, double h) {
+  if (!records_graph(grad, {})) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_rk_combine_backward(grad, weights, h);
+  }
   return RkCombineBackward::apply(grad, weights, h);
 }
 

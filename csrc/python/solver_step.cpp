@@ -1,0 +1,170 @@
+// One explicit Runge–Kutta step over a state of several tensors, with func a
+// Python callable. The loop lives in C++ because with a cheap func its Python
+// bookkeeping and the Python entry into each rk_combine cost more than the
+// arithmetic (docs/design_decisions.md has the measurement). Every tensor
+// operation goes through the dispatcher, so autograd records the step exactly
+// as it would record the same calls made from Python.
+
+#include <torch/csrc/autograd/python_variable.h>
+
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../rk_combine.h"
+#include "bindings.h"
+
+namespace anode_ext {
+namespace {
+
+namespace py = pybind11;
+using Tensors = std::vector<at::Tensor>;
+
+// A tableau as the step loop reads it: for each stage and then the update, the
+// earlier stages that enter (zero coefficients dropped) and their weights.
+struct StepPlan {
+  std::vector<std::vector<int64_t>> which;
+  std::vector<std::vector<double>> weights;
+  std::vector<double> c;
+
+  StepPlan(std::vector<std::vector<int64_t>> which_, std::vector<std::vector<double>> weights_,
+           std::vector<double> c_)
+      : which(std::move(which_)), weights(std::move(weights_)), c(std::move(c_)) {
+    TORCH_CHECK(!c.empty(), "StepPlan: a tableau needs at least one stage");
+    TORCH_CHECK(which.size() == c.size() + 1 && weights.size() == which.size(),
+                "StepPlan: expected ", c.size() + 1, " rows of terms (one per stage, then the "
+                "update), got ", which.size(), " index rows and ", weights.size(), " weight rows");
+    for (size_t i = 0; i < which.size(); ++i) {
+      TORCH_CHECK(which[i].size() == weights[i].size(), "StepPlan: row ", i, " has ",
+                  which[i].size(), " indices but ", weights[i].size(), " weights");
+      const int64_t limit = static_cast<int64_t>(std::min(i, c.size()));
+      for (int64_t j : which[i]) {
+        TORCH_CHECK(j >= 0 && j < limit, "StepPlan: row ", i, " refers to stage ", j,
+                    "; expected an earlier stage (0..", limit - 1, ")");
+      }
+    }
+  }
+
+  size_t stages() const { return c.size(); }
+};
+
+std::string python_shape(at::IntArrayRef sizes) {
+  std::ostringstream out;
+  out << "(";
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    out << (i ? ", " : "") << sizes[i];
+  }
+  out << (sizes.size() == 1 ? ",)" : ")");
+  return out.str();
+}
+
+std::string type_name(const py::handle& object) {
+  return py::str(py::type::handle_of(object).attr("__name__"));
+}
+
+// y + h * sum_j w_j ks[j] for each tensor of the state; the state itself when no
+// earlier stage enters (the first stage).
+Tensors combine(const Tensors& state, const std::vector<Tensors>& ks, const std::vector<int64_t>& which,
+                const std::vector<double>& weights, double h) {
+  if (which.empty()) {
+    return state;
+  }
+  Tensors out;
+  out.reserve(state.size());
+  Tensors terms;
+  terms.reserve(which.size());
+  for (size_t m = 0; m < state.size(); ++m) {
+    terms.clear();
+    for (int64_t j : which) {
+      TORCH_CHECK(ks[j].size() == state.size(), "combine_stages: stage ", j, " has ", ks[j].size(),
+                  " tensors for a state of ", state.size());
+      terms.push_back(ks[j][m]);
+    }
+    out.push_back(call_rk_combine(state[m], terms, weights, h));
+  }
+  return out;
+}
+
+// func's return value as one tensor per state tensor, in the state's dtypes
+// (under autocast func may return a lower precision), or a clear error.
+Tensors checked_derivative(const py::handle& derivative, const Tensors& state) {
+  std::vector<py::object> items;
+  if (THPVariable_Check(derivative.ptr())) {
+    items.push_back(py::reinterpret_borrow<py::object>(derivative));
+  } else if (PySequence_Check(derivative.ptr()) && !py::isinstance<py::str>(derivative)) {
+    for (const py::handle& item : py::reinterpret_borrow<py::sequence>(derivative)) {
+      items.push_back(py::reinterpret_borrow<py::object>(item));
+    }
+  } else {
+    throw py::type_error("func must return a tensor or a sequence of tensors, got " + type_name(derivative));
+  }
+  if (items.size() != state.size()) {
+    throw std::runtime_error("func returned " + std::to_string(items.size()) + " tensors for a state of " +
+                             std::to_string(state.size()));
+  }
+  Tensors out;
+  out.reserve(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (!THPVariable_Check(items[i].ptr())) {
+      throw py::type_error("func must return tensors; element " + std::to_string(i) + " is " +
+                           type_name(items[i]));
+    }
+    const at::Tensor& k = THPVariable_Unpack(items[i].ptr());
+    const at::Tensor& y = state[i];
+    if (k.sizes() != y.sizes()) {
+      throw std::runtime_error("func returned shape " + python_shape(k.sizes()) + " for a state of shape " +
+                               python_shape(y.sizes()) + "; dy/dt must have the state's shape");
+    }
+    if (k.device() != y.device()) {
+      throw std::runtime_error("func returned a tensor on " + k.device().str() + " for a state on " +
+                               y.device().str());
+    }
+    out.push_back(k.scalar_type() == y.scalar_type() ? k : k.to(y.scalar_type()));
+  }
+  return out;
+}
+
+py::tuple as_tuple(const Tensors& tensors) {
+  py::tuple out(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    out[i] = py::reinterpret_steal<py::object>(THPVariable_Wrap(tensors[i]));
+  }
+  return out;
+}
+
+// One step of size h from (t, state); first_k is func(t, state) when already known.
+Tensors rk_step(const py::object& func, double t, double h, const Tensors& state, const StepPlan& plan,
+                const std::optional<Tensors>& first_k) {
+  std::vector<Tensors> ks;
+  ks.reserve(plan.stages());
+  for (size_t i = 0; i < plan.stages(); ++i) {
+    if (i == 0 && first_k.has_value()) {
+      TORCH_CHECK(first_k->size() == state.size(), "rk_step: first_k has ", first_k->size(),
+                  " tensors for a state of ", state.size());
+      ks.push_back(*first_k);
+      continue;
+    }
+    const Tensors stage = combine(state, ks, plan.which[i], plan.weights[i], h);
+    const py::object derivative = func(t + plan.c[i] * h, as_tuple(stage));
+    ks.push_back(checked_derivative(derivative, state));
+  }
+  return combine(state, ks, plan.which.back(), plan.weights.back(), h);
+}
+
+}  // namespace
+
+void bind_solver_step(py::module_& m) {
+  py::class_<StepPlan>(m, "StepPlan", "A Butcher tableau's nonzero terms, as the C++ step loop reads them.")
+      .def(py::init<std::vector<std::vector<int64_t>>, std::vector<std::vector<double>>, std::vector<double>>(),
+           py::arg("which"), py::arg("weights"), py::arg("c"));
+  m.def("rk_step", &rk_step, py::arg("func"), py::arg("t"), py::arg("h"), py::arg("state"), py::arg("plan"),
+        py::arg("first_k") = py::none(),
+        "One Runge-Kutta step of func(t, state) from (t, state): the next state as a list of tensors.");
+  m.def("combine_stages", &combine, py::arg("state"), py::arg("ks"), py::arg("which"), py::arg("weights"),
+        py::arg("h"), "y + h * sum_j weights[j] * ks[which[j]] for each tensor y of the state.");
+  m.def("checked_derivative", &checked_derivative, py::arg("derivative"), py::arg("state"),
+        "func's return value as one tensor per state tensor in the state's dtypes, or a clear error.");
+}
+
+}  // namespace anode_ext

@@ -1,0 +1,138 @@
+"""The compiled step loop against the Python one that torch.compile traces: the same
+numbers bit for bit, the same gradients, the same errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anode_ext import TABLEAUX, Tableau
+from anode_ext import solver
+
+PATHS = ("compiled", "python")
+
+
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch):
+    """Run the test once on each implementation of the solver functions (the Python one
+    is what runs while torch.compile traces)."""
+    if request.param == "python":
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    return request.param
+
+
+def two_tensor_func(weight: torch.Tensor):
+    def func(t: float, state):
+        y, z = state
+        return (torch.tanh(y @ weight) * (1 + t), y.sum(1, keepdim=True) * z - t)
+
+    return func
+
+
+def step_both_ways(monkeypatch, fn):
+    compiled = fn()
+    with monkeypatch.context() as m:
+        m.setattr(torch.compiler, "is_compiling", lambda: True)
+        python = fn()
+    return compiled, python
+
+
+@pytest.mark.parametrize("method", sorted(TABLEAUX))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_first_k", [False, True])
+def test_compiled_step_equals_python_step(monkeypatch, method, dtype, with_first_k):
+    torch.manual_seed(0)
+    weight = torch.randn(5, 5, dtype=dtype, requires_grad=True)
+    y = torch.randn(3, 5, dtype=dtype, requires_grad=True)
+    z = torch.randn(3, 1, dtype=dtype, requires_grad=True)
+    func = two_tensor_func(weight)
+
+    def run():
+        first_k = tuple(func(0.25, (y, z))) if with_first_k else None
+        out = solver.rk_step(func, 0.25, 0.1, (y, z), TABLEAUX[method], first_k)
+        grads = torch.autograd.grad(sum((o * (i + 1)).sum() for i, o in enumerate(out)), (y, z, weight))
+        return [o.detach() for o in out], grads
+
+    (out_c, grads_c), (out_p, grads_p) = step_both_ways(monkeypatch, run)
+    for a, b in zip([*out_c, *grads_c], [*out_p, *grads_p]):
+        assert torch.equal(a, b)
+
+
+def test_custom_tableau_and_zero_coefficients_match(monkeypatch):
+    tableau = Tableau([[], [0.0], [0.3, 0.0]], [0.0, 0.5, 0.5], c=[0.0, 0.1, 0.4])
+    y = torch.randn(4, dtype=torch.float64)
+    compiled, python = step_both_ways(monkeypatch, lambda: solver.rk_step(lambda t, s: (s[0] * t + 1,), 1.0, 0.5, (y,), tableau))
+    assert torch.equal(compiled[0], python[0])
+
+
+def test_combine_stages_equals_python(monkeypatch):
+    state = (torch.randn(6), torch.randn(2, 3))
+    ks = [tuple(torch.randn_like(s) for s in state) for _ in range(3)]
+    compiled, python = step_both_ways(monkeypatch, lambda: solver.combine_stages(state, ks, (0, 2), (0.25, -1.5), 0.2))
+    for a, b in zip(compiled, python):
+        assert torch.equal(a, b)
+    assert solver.combine_stages(state, ks, (), (), 0.2) == state
+
+
+def test_func_sees_stage_times_and_states(path):
+    seen = []
+
+    def func(t, state):
+        seen.append((t, state[0].clone()))
+        return (torch.ones_like(state[0]),)
+
+    solver.rk_step(func, 1.0, 0.5, (torch.zeros(2),), TABLEAUX["rk4"])
+    assert [t for t, _ in seen] == [1.0, 1.25, 1.25, 1.5]
+    assert [float(s[0]) for _, s in seen] == [0.0, 0.25, 0.25, 0.5]
+
+
+def test_lower_precision_derivative_takes_the_state_dtype(path):
+    y = torch.ones(3, dtype=torch.float64)
+    out = solver.rk_step(lambda t, s: (s[0].float() * 0.5,), 0.0, 1.0, (y,), TABLEAUX["euler"])
+    assert out[0].dtype == torch.float64
+    assert torch.equal(out[0], torch.full((3,), 1.5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "returned, error, message",
+    [
+        (lambda s: 1.0, TypeError, "func must return a tensor or a sequence of tensors, got float"),
+        (lambda s: "ab", TypeError, "func must return a tensor or a sequence of tensors, got str"),
+        (lambda s: (s[0], s[0]), RuntimeError, "func returned 2 tensors for a state of 1"),
+        (lambda s: [None], TypeError, "func must return tensors; element 0 is NoneType"),
+        (lambda s: s[0].sum(), RuntimeError, r"func returned shape \(\) for a state of shape \(2,\); dy/dt must"),
+        (lambda s: s[0][None], RuntimeError, r"func returned shape \(1, 2\) for a state of shape \(2,\)"),
+        (lambda s: s[0].to("meta"), RuntimeError, "func returned a tensor on meta for a state on cpu"),
+    ],
+)
+def test_bad_derivatives_get_the_same_error(path, returned, error, message):
+    with pytest.raises(error, match=message):
+        solver.rk_step(lambda t, s: returned(s), 0.0, 0.1, (torch.ones(2),), TABLEAUX["midpoint"])
+
+
+def test_exception_in_func_passes_through_unchanged(path):
+    class Stop(Exception):
+        pass
+
+    def func(t, s):
+        raise Stop("from func")
+
+    with pytest.raises(Stop, match="from func"):
+        solver.rk_step(func, 0.0, 0.1, (torch.ones(2),), TABLEAUX["heun"])
+
+
+def test_kernel_errors_reach_python_as_runtime_errors():
+    state = (torch.ones(2),)
+    ks = [(torch.ones(2, dtype=torch.float64),)]
+    with pytest.raises(RuntimeError, match="ks\\[0\\] has dtype Double but y has dtype Float") as info:
+        solver.combine_stages(state, ks, (0,), (1.0,), 0.1)
+    assert "Exception raised from" not in str(info.value)
+
+
+def test_step_plan_rejects_inconsistent_rows():
+    from anode_ext._library import _C
+
+    with pytest.raises(RuntimeError, match="expected 3 rows of terms"):
+        _C.StepPlan([[]], [[]], [0.0, 0.5])
+    with pytest.raises(RuntimeError, match="row 1 refers to stage 1; expected an earlier stage"):
+        _C.StepPlan([[], [1], [0]], [[], [1.0], [1.0]], [0.0, 1.0])
