@@ -129,6 +129,16 @@ def test_kernel_errors_reach_python_as_runtime_errors():
     assert "Exception raised from" not in str(info.value)
 
 
+def test_combine_stages_rejects_unknown_stages():
+    from anode_ext._library import _C
+
+    state = [torch.ones(2)]
+    with pytest.raises(RuntimeError, match="stage 1 does not exist; 1 stages are known"):
+        _C.combine_stages(state, [(torch.ones(2),)], [1], [1.0], 0.1)
+    with pytest.raises(RuntimeError, match="stage 0 has 2 tensors for a state of 1"):
+        _C.combine_stages(state, [(torch.ones(2), torch.ones(2))], [0], [1.0], 0.1)
+
+
 def test_step_plan_rejects_inconsistent_rows():
     from anode_ext._library import _C
 
