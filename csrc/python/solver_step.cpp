@@ -7,6 +7,7 @@
 
 #include <torch/csrc/autograd/python_variable.h>
 
+#include <algorithm>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -70,6 +71,12 @@ Tensors combine(const Tensors& state, const std::vector<Tensors>& ks, const std:
   if (which.empty()) {
     return state;
   }
+  for (int64_t j : which) {
+    TORCH_CHECK(j >= 0 && static_cast<size_t>(j) < ks.size(), "combine_stages: stage ", j,
+                " does not exist; ", ks.size(), " stages are known");
+    TORCH_CHECK(ks[j].size() == state.size(), "combine_stages: stage ", j, " has ", ks[j].size(),
+                " tensors for a state of ", state.size());
+  }
   Tensors out;
   out.reserve(state.size());
   Tensors terms;
@@ -77,10 +84,6 @@ Tensors combine(const Tensors& state, const std::vector<Tensors>& ks, const std:
   for (size_t m = 0; m < state.size(); ++m) {
     terms.clear();
     for (int64_t j : which) {
-      TORCH_CHECK(j >= 0 && static_cast<size_t>(j) < ks.size(), "combine_stages: stage ", j,
-                  " does not exist; ", ks.size(), " stages are known");
-      TORCH_CHECK(ks[j].size() == state.size(), "combine_stages: stage ", j, " has ", ks[j].size(),
-                  " tensors for a state of ", state.size());
       terms.push_back(ks[j][m]);
     }
     out.push_back(call_rk_combine(state[m], terms, weights, h));
