@@ -2,13 +2,17 @@
 //
 // The formulas live in C++ rather than in torch.library.register_autograd: the
 // Python route costs about 150 us per call with inputs that require grad (a
-// Python autograd.Function per call), the C++ route about 10 us, and a solver
+// Python autograd.Function per call), the C++ route a few us, and a solver
 // makes several calls per step (see docs/design_decisions.md). Each backward
 // is itself a dispatcher op, so double backward works too.
 
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <memory>
+#include <type_traits>
 
 #include "../rk_combine.h"
 
@@ -18,44 +22,72 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-class RkCombine : public torch::autograd::Function<RkCombine> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y, at::TensorList ks,
-                            at::ArrayRef<double> weights, double h) {
-    ctx->saved_data["weights"] = weights.vec();
-    ctx->saved_data["h"] = h;
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return call_rk_combine(y, ks, weights, h);
-  }
+// The backward node of rk_combine. It is written against Node directly rather
+// than as a torch::autograd::Function: it saves no tensors, and skipping the
+// Function machinery (its context map, output wrapping and per-call checks)
+// halves the cost of the node, which a solver pays several times per step
+// (docs/design_decisions.md).
+struct RkCombineGrad : torch::autograd::Node {
+  RkCombineGrad(std::vector<double> weights_, double h_) : weights(std::move(weights_)), h(h_) {}
 
-  // Inputs are y, then each k; weights and h get no gradient.
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const std::vector<double> weights = ctx->saved_data["weights"].toDoubleVector();
-    const double h = ctx->saved_data["h"].toDouble();
+  std::string name() const override { return "RkCombineBackward"; }
+
+  // Inputs are y, then each k; an undefined gradient is autograd's zero.
+  variable_list apply(variable_list&& grad_outputs) override {
     const at::Tensor& grad = grad_outputs[0];
-    variable_list grads(1 + weights.size() + 2);
-    if (ctx->needs_input_grad(0)) {
+    variable_list grads(1 + weights.size());
+    if (should_compute_output(0)) {
       grads[0] = grad;
     }
-    // Only ks that need a gradient and have a nonzero coefficient get a tensor;
-    // an undefined gradient is autograd's zero.
-    std::vector<size_t> live;
-    std::vector<double> live_weights;
+    if (!grad.defined() || h == 0.0) {
+      return grads;
+    }
+    // Only ks that need a gradient and have a nonzero coefficient get a tensor,
+    // and ks with equal weights (RK4's two 1/3) share one: autograd never writes
+    // into a gradient that another input also holds.
+    std::vector<double> distinct;
+    std::vector<size_t> slot(weights.size(), kNone);
     for (size_t i = 0; i < weights.size(); ++i) {
-      if (ctx->needs_input_grad(1 + i) && weights[i] != 0.0 && h != 0.0) {
-        live.push_back(i);
-        live_weights.push_back(weights[i]);
+      if (!should_compute_output(1 + i) || weights[i] == 0.0) {
+        continue;
+      }
+      const auto found = std::find(distinct.begin(), distinct.end(), weights[i]);
+      slot[i] = static_cast<size_t>(found - distinct.begin());
+      if (found == distinct.end()) {
+        distinct.push_back(weights[i]);
       }
     }
-    if (!live.empty() && grad.defined()) {
-      std::vector<at::Tensor> scaled = call_rk_combine_backward(grad, live_weights, h);
-      for (size_t j = 0; j < live.size(); ++j) {
-        grads[1 + live[j]] = scaled[j];
+    if (distinct.empty()) {
+      return grads;
+    }
+    const std::vector<at::Tensor> scaled = call_rk_combine_backward(grad, distinct, h);
+    for (size_t i = 0; i < weights.size(); ++i) {
+      if (slot[i] != kNone) {
+        grads[1 + i] = scaled[slot[i]];
       }
     }
     return grads;
   }
+
+  static constexpr size_t kNone = static_cast<size_t>(-1);
+  std::vector<double> weights;
+  double h;
 };
+
+// Autograd holds nodes by std::shared_ptr with deleteNode as the deleter up to
+// torch 2.12 and by c10::intrusive_ptr from 2.13; Edge::function names whichever
+// this torch uses. Both branches depend on N, so only the one taken is compiled
+// (deleteNode, found by argument-dependent lookup, need not exist in newer torch).
+using NodePtr = decltype(torch::autograd::Edge::function);
+
+template <typename N, typename... Args>
+NodePtr make_node(Args&&... args) {
+  if constexpr (std::is_same_v<NodePtr, std::shared_ptr<torch::autograd::Node>>) {
+    return std::shared_ptr<N>(new N(std::forward<Args>(args)...), [](N* node) { deleteNode(node); });
+  } else {
+    return c10::make_intrusive<N>(std::forward<Args>(args)...);
+  }
+}
 
 class RkCombineBackward : public torch::autograd::Function<RkCombineBackward> {
  public:
@@ -88,26 +120,37 @@ class RkCombineBackward : public torch::autograd::Function<RkCombineBackward> {
   }
 };
 
-// Calls that record nothing (no_grad, inference, a backward pass that is not
-// building a graph) skip the autograd Function: it costs more than the kernel
-// on small states.
-bool records_graph(const at::Tensor& y, at::TensorList ks) {
-  return torch::autograd::compute_requires_grad(y, ks) ||
-         torch::autograd::isFwGradDefined(y) || torch::autograd::isFwGradDefinedTensorList(ks);
+bool has_forward_grad(const at::Tensor& y, at::TensorList ks) {
+  return torch::autograd::isFwGradDefined(y) || torch::autograd::isFwGradDefinedTensorList(ks);
 }
 
 at::Tensor rk_combine_autograd(const at::Tensor& y, at::TensorList ks,
                                at::ArrayRef<double> weights, double h) {
-  if (!records_graph(y, ks)) {
+  TORCH_CHECK(!has_forward_grad(y, ks),
+              "rk_combine: forward-mode AD is not supported; expected y and ks without forward "
+              "gradients (use reverse mode: backward() or torch.autograd.grad)");
+  at::Tensor out;
+  {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return call_rk_combine(y, ks, weights, h);
+    out = call_rk_combine(y, ks, weights, h);
   }
-  return RkCombine::apply(y, ks, weights, h);
+  if (torch::autograd::compute_requires_grad(y, ks)) {
+    NodePtr node = make_node<RkCombineGrad>(weights.vec(), h);
+    node->set_next_edges(torch::autograd::collect_next_edges(y, ks));
+    torch::autograd::set_history(out, node);
+  }
+  return out;
 }
 
+// rk_combine_backward records a graph only for double backward (a backward
+// pass with create_graph=True); other calls skip the autograd Function, which
+// costs more than the kernel on small states.
 std::vector<at::Tensor> rk_combine_backward_autograd(const at::Tensor& grad,
                                                      at::ArrayRef<double> weights, double h) {
-  if (!records_graph(grad, {})) {
+  TORCH_CHECK(!has_forward_grad(grad, {}),
+              "rk_combine_backward: forward-mode AD is not supported; expected grad without a "
+              "forward gradient (use reverse mode: backward() or torch.autograd.grad)");
+  if (!torch::autograd::compute_requires_grad(grad)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return call_rk_combine_backward(grad, weights, h);
   }
