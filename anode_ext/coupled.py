@@ -57,6 +57,10 @@ class _CoupledProblem(Problem):
     """A coupled solve whose weight part, for RDA dynamics, is stepped by the fused kernel:
     all stage weights of a step come from one pass per filter, before f is evaluated."""
 
+    def run(self, state: State, first_k: State | None = None) -> list[State]:
+        """Problem.run through this class's own step."""
+        return self.run_stepwise(state, first_k)
+
     def step(self, n: int, state: State, first_k: State | None = None) -> State:
         joint: _JointDynamics = self.func
         if not isinstance(joint.block.q, RDA):

@@ -23,10 +23,11 @@ StateFunc = Callable[[float, State], Sequence[Tensor]]
 
 _rk_combine = torch.ops.anode_ext.rk_combine.default
 
-# The step has two implementations with the same results and errors: the compiled one
-# (csrc/python/solver_step.cpp), which eager code runs because with a cheap func the
-# Python bookkeeping of a step costs more than its arithmetic (docs/design_decisions.md),
-# and the Python one below, which torch.compile runs because it can trace it.
+# The step and the loop over steps have two implementations with the same results and
+# errors: the compiled one (csrc/python/solver_step.cpp), which eager code runs because
+# with a cheap func the Python bookkeeping of a step costs more than its arithmetic
+# (docs/design_decisions.md), and the Python one below, which torch.compile runs because
+# it can trace it.
 # tests/test_solver_step.py holds the two to each other.
 
 
@@ -128,14 +129,33 @@ class Problem:
 
     def solve(self, state: State, first_k: State | None = None) -> State:
         """The final state, or with return_all each state tensor stacked over steps 0..steps."""
+        states = self.run(state, first_k)
+        if not self.return_all:
+            return states[-1]
+        return tuple(torch.stack([s[m] for s in states]) for m in range(len(state)))
+
+    def run(self, state: State, first_k: State | None = None) -> list[State]:
+        """The states the solve passes through: every one from the initial state on with
+        return_all, else only the last. The loop runs in C++ (its Python bookkeeping
+        costs a cheap func more than the step's arithmetic) except under torch.compile."""
+        if torch.compiler.is_compiling():
+            return self.run_stepwise(state, first_k)
+        first = None if first_k is None else list(first_k)
+        states = _C.rk_solve(
+            self.func, self.t0, self.h, self.steps, list(state), _step_plan(self.tableau), first, self.return_all
+        )
+        return [tuple(s) for s in states]
+
+    def run_stepwise(self, state: State, first_k: State | None = None) -> list[State]:
+        """run, one call of `step` per step."""
         states = [state]
         for n in range(self.steps):
             state = self.step(n, state, first_k if n == 0 else None)
             if self.return_all:
                 states.append(state)
-        if not self.return_all:
-            return state
-        return tuple(torch.stack([s[m] for s in states]) for m in range(len(state)))
+            else:
+                states = [state]
+        return states
 
     def step(self, n: int, state: State, first_k: State | None = None) -> State:
         """Step n: from the state at t0 + n h to the state at t0 + (n + 1) h."""

@@ -1,5 +1,5 @@
-"""The compiled step loop against the Python one that torch.compile traces: the same
-numbers bit for bit, the same gradients, the same errors."""
+"""The compiled step and solve loops against the Python ones that torch.compile traces:
+the same numbers bit for bit, the same gradients, the same errors."""
 
 from __future__ import annotations
 
@@ -56,6 +56,47 @@ def test_compiled_step_equals_python_step(monkeypatch, method, dtype, with_first
     (out_c, grads_c), (out_p, grads_p) = step_both_ways(monkeypatch, run)
     for a, b in zip([*out_c, *grads_c], [*out_p, *grads_p]):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("return_all", [False, True])
+@pytest.mark.parametrize("with_first_k", [False, True])
+def test_compiled_solve_equals_stepwise_solve(monkeypatch, return_all, with_first_k):
+    torch.manual_seed(0)
+    weight = torch.randn(5, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(3, 1, dtype=torch.float64, requires_grad=True)
+    func = two_tensor_func(weight)
+    problem = solver.Problem(func, TABLEAUX["rk4"], 0.3, 0.1, 7, return_all)
+
+    def run():
+        first_k = tuple(func(0.3, (y, z))) if with_first_k else None
+        out = problem.solve((y, z), first_k)
+        grads = torch.autograd.grad(sum((o * (i + 1)).sum() for i, o in enumerate(out)), (y, z, weight))
+        return [o.detach() for o in out], grads
+
+    (out_c, grads_c), (out_p, grads_p) = step_both_ways(monkeypatch, run)
+    assert out_c[0].shape == ((8, 3, 5) if return_all else (3, 5))
+    for a, b in zip([*out_c, *grads_c], [*out_p, *grads_p]):
+        assert torch.equal(a, b)
+
+
+def test_solve_evaluates_func_at_each_step_start(path):
+    seen = []
+
+    def func(t, state):
+        seen.append(t)
+        return (torch.ones_like(state[0]),)
+
+    out = solver.Problem(func, TABLEAUX["euler"], 0.1, 0.2, 4).solve((torch.zeros(2),))
+    assert seen == [0.1 + n * 0.2 for n in range(4)]
+    torch.testing.assert_close(out[0], torch.full((2,), 0.8))
+
+
+def test_rk_solve_rejects_negative_steps():
+    from anode_ext._library import _C
+
+    with pytest.raises(RuntimeError, match="rk_solve: steps must be >= 0, got -1"):
+        _C.rk_solve(lambda t, s: s, 0.0, 0.1, -1, [torch.ones(2)], solver._step_plan(TABLEAUX["euler"]))
 
 
 def test_custom_tableau_and_zero_coefficients_match(monkeypatch):

@@ -1,5 +1,5 @@
-// One explicit Runge–Kutta step over a state of several tensors, with func a
-// Python callable. The loop lives in C++ because with a cheap func its Python
+// Explicit Runge–Kutta steps over a state of several tensors, with func a
+// Python callable. The loops live in C++ because with a cheap func its Python
 // bookkeeping and the Python entry into each rk_combine cost more than the
 // arithmetic (docs/design_decisions.md has the measurement). Every tensor
 // operation goes through the dispatcher, so autograd records the step exactly
@@ -157,6 +157,29 @@ Tensors rk_step(const py::object& func, double t, double h, const Tensors& state
   return combine(state, ks, plan.which.back(), plan.weights.back(), h);
 }
 
+// `steps` steps of size h from (t0, state): the final state, or with keep_all every
+// state from the initial one on. The times t0 + n h are formed as the Python loop
+// forms them, so both see the same floats.
+std::vector<Tensors> rk_solve(const py::object& func, double t0, double h, int64_t steps, Tensors state,
+                              const StepPlan& plan, const std::optional<Tensors>& first_k, bool keep_all) {
+  TORCH_CHECK(steps >= 0, "rk_solve: steps must be >= 0, got ", steps);
+  std::vector<Tensors> states;
+  if (keep_all) {
+    states.reserve(static_cast<size_t>(steps) + 1);
+    states.push_back(state);
+  }
+  for (int64_t n = 0; n < steps; ++n) {
+    state = rk_step(func, t0 + static_cast<double>(n) * h, h, state, plan, n == 0 ? first_k : std::nullopt);
+    if (keep_all) {
+      states.push_back(state);
+    }
+  }
+  if (!keep_all) {
+    states.push_back(std::move(state));
+  }
+  return states;
+}
+
 }  // namespace
 
 void bind_solver_step(py::module_& m) {
@@ -166,6 +189,9 @@ void bind_solver_step(py::module_& m) {
   m.def("rk_step", &rk_step, py::arg("func"), py::arg("t"), py::arg("h"), py::arg("state"), py::arg("plan"),
         py::arg("first_k") = py::none(),
         "One Runge-Kutta step of func(t, state) from (t, state): the next state as a list of tensors.");
+  m.def("rk_solve", &rk_solve, py::arg("func"), py::arg("t0"), py::arg("h"), py::arg("steps"), py::arg("state"),
+        py::arg("plan"), py::arg("first_k") = py::none(), py::arg("keep_all") = false,
+        "steps Runge-Kutta steps from (t0, state): [final state], or with keep_all every state.");
   m.def("combine_stages", &combine, py::arg("state"), py::arg("ks"), py::arg("which"), py::arg("weights"),
         py::arg("h"), "y + h * sum_j weights[j] * ks[which[j]] for each tensor y of the state.");
   m.def("checked_derivative", &checked_derivative, py::arg("derivative"), py::arg("state"),
