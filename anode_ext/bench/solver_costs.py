@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from ..odeint import odeint
 from .blocks import block_gradients, gradient_error
 from .funcs import MLP, ConvBNReLU2, ConvReLU
 from .solvers import Solver, solvers, torchdiffeq
-from .timing import compare_medians
+from .timing import compare_medians, compare_samples, median_paired_difference
 
 _TORCHDIFFEQ_ODEINT = "torchdiffeq odeint"
 _TORCHDIFFEQ_ADJOINT = "torchdiffeq odeint_adjoint"
@@ -96,7 +97,8 @@ def step_overhead(
 
     The bare evaluations chain func as many times as the solve calls it (steps x stages),
     so they do the same matrix work; what is left is the solver's bookkeeping and
-    arithmetic. One thread: these operations are too small to share, and a second
+    arithmetic. The overhead is the median over rounds of the solve's time minus the
+    bare evaluations' time in the same round (see median_paired_difference). One thread: these operations are too small to share, and a second
     thread waking up between them would be measured as overhead.
     """
     threads = torch.get_num_threads()
@@ -127,13 +129,14 @@ def step_overhead(
             variants[f"bare func, {kind}"] = lambda train=train: bare(train)
             for s in chosen:
                 variants[f"{s.name}, {kind}"] = lambda s=s, train=train: solve(s, train)
-        seconds = compare_medians(variants, "cpu", warmup=2, repeats=repeats)
+        samples = compare_samples(variants, "cpu", warmup=2, repeats=repeats)
     finally:
         torch.set_num_threads(threads)
+    seconds = {name: statistics.median(values) for name, values in samples.items()}
     overhead = {}
     for kind in ("forward+backward", "forward"):
         for s in chosen:
-            added = seconds[f"{s.name}, {kind}"] - seconds[f"bare func, {kind}"]
+            added = median_paired_difference(samples, f"{s.name}, {kind}", f"bare func, {kind}")
             overhead[f"{s.name}, {kind}"] = added / steps * 1e6
     result: dict[str, Any] = {
         "dim": dim,
@@ -158,7 +161,7 @@ def format_step_overhead(result: dict[str, Any]) -> str:
         f"MLP {result['dim']}-{result['hidden']}-{result['dim']}, batch {result['batch']}, {result['method']}, "
         f"{result['steps']} steps, one CPU thread",
         "",
-        "| variant | us / step | solver overhead us / step |",
+        "| variant | us / step (median) | solver overhead us / step |",
         "|---|---:|---:|",
     ]
     for name, value in result["us_per_step"].items():
@@ -171,6 +174,10 @@ def format_step_overhead(result: dict[str, Any]) -> str:
             f"anode_ext overhead / torchdiffeq overhead: {ratio['forward+backward']:.2f} forward+backward, "
             f"{ratio['forward']:.2f} forward only",
         ]
+    lines += [
+        "",
+        "Overhead: the median over rounds of the solve's time minus the bare func's time in the same round.",
+    ]
     return "\n".join(lines)
 
 
