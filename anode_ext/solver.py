@@ -20,15 +20,14 @@ from .tableau import Tableau
 State = tuple[Tensor, ...]
 StateFunc = Callable[[float, State], Sequence[Tensor]]
 
-
 _rk_combine = torch.ops.anode_ext.rk_combine.default
 
 # The step and the loop over steps have two implementations with the same results and
 # errors: the compiled one (csrc/python/solver_step.cpp), which eager code runs because
 # with a cheap func the Python bookkeeping of a step costs more than its arithmetic
 # (docs/design_decisions.md), and the Python one below, which torch.compile runs because
-# it can trace it.
-# tests/test_solver_step.py holds the two to each other.
+# it can trace it. tests/test_solver_step.py holds the two to each other. The compiled
+# functions take tuples as they are (pybind11 converts any sequence) and None for no first_k.
 
 
 def python_combine_stages(
@@ -91,14 +90,14 @@ def combine_stages(state: State, ks: Sequence[State], which: tuple[int, ...], we
     """``y + h * sum_j weights[j] * ks[which[j]]`` for each tensor y of the state."""
     if torch.compiler.is_compiling():
         return python_combine_stages(state, ks, which, weights, h)
-    return tuple(_C.combine_stages(list(state), ks, which, weights, h))
+    return tuple(_C.combine_stages(state, ks, which, weights, h))
 
 
 def checked_derivative(derivative: Tensor | Sequence[Tensor], state: State) -> State:
     """The derivative as a tuple in the state's dtypes, or a clear error."""
     if torch.compiler.is_compiling():
         return python_checked_derivative(derivative, state)
-    return tuple(_C.checked_derivative(derivative, list(state)))
+    return tuple(_C.checked_derivative(derivative, state))
 
 
 def rk_step(
@@ -112,8 +111,7 @@ def rk_step(
     """One step of size h from (t, state); `first_k` is f(t, state) when already known."""
     if torch.compiler.is_compiling():
         return python_rk_step(func, t, h, state, tableau, first_k)
-    first = None if first_k is None else list(first_k)
-    return tuple(_C.rk_step(func, t, h, list(state), _step_plan(tableau), first))
+    return tuple(_C.rk_step(func, t, h, state, _step_plan(tableau), first_k))
 
 
 @dataclass
@@ -140,9 +138,8 @@ class Problem:
         costs a cheap func more than the step's arithmetic) except under torch.compile."""
         if torch.compiler.is_compiling():
             return self.run_stepwise(state, first_k)
-        first = None if first_k is None else list(first_k)
         states = _C.rk_solve(
-            self.func, self.t0, self.h, self.steps, list(state), _step_plan(self.tableau), first, self.return_all
+            self.func, self.t0, self.h, self.steps, state, _step_plan(self.tableau), first_k, self.return_all
         )
         return [tuple(s) for s in states]
 

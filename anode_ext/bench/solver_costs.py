@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..odeint import odeint
+from ..tableau import get_tableau
 from .blocks import block_gradients, gradient_error
 from .funcs import MLP, ConvBNReLU2, ConvReLU
 from .solvers import Solver, solvers, torchdiffeq
@@ -98,8 +99,9 @@ def step_overhead(
     The bare evaluations chain func as many times as the solve calls it (steps x stages),
     so they do the same matrix work; what is left is the solver's bookkeeping and
     arithmetic. The overhead is the median over rounds of the solve's time minus the
-    bare evaluations' time in the same round (see median_paired_difference). One thread: these operations are too small to share, and a second
-    thread waking up between them would be measured as overhead.
+    bare evaluations' time in the same round (see median_paired_difference). One thread:
+    these operations are too small to share, and a second thread waking up between them
+    would be measured as overhead.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -107,7 +109,7 @@ def step_overhead(
         torch.manual_seed(0)
         func = MLP(dim, hidden)
         x = torch.randn(batch, dim, requires_grad=True)
-        evaluations = steps * {"euler": 1, "midpoint": 2, "rk4": 4}[method]
+        evaluations = steps * get_tableau(method).stages
         chosen = _chosen(("direct", _TORCHDIFFEQ_ODEINT))
 
         def bare(train: bool) -> None:
