@@ -145,15 +145,58 @@ def test_same_results_for_every_thread_split(device):
 @pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "unaligned"])
 def test_cuda_equals_cpu_bit_for_bit(dtype, offset):
     # Both kernels share csrc/rk_combine.h and are built without fma contraction.
+    # Sliced on the GPU: .cuda() of a sliced CPU tensor would copy it into an
+    # aligned buffer and never reach the unaligned kernel.
     y, ks, weights = make((100_003 + offset,), 5, dtype, "cpu")
+    y_cuda, ks_cuda = y.cuda()[offset:], [k.cuda()[offset:] for k in ks]
+    assert (y_cuda.data_ptr() % 16 == 0) == (offset == 0)
     y, ks = y[offset:], [k[offset:] for k in ks]
     cpu = rk_combine(y, ks, weights, 0.37)
-    cuda = rk_combine(y.cuda(), [k.cuda() for k in ks], weights, 0.37)
+    cuda = rk_combine(y_cuda, ks_cuda, weights, 0.37)
     torch.testing.assert_close(cuda.cpu(), cpu, rtol=0, atol=0)
     grads_cpu = torch.ops.anode_ext.rk_combine_backward(y, weights, 0.37)
-    grads_cuda = torch.ops.anode_ext.rk_combine_backward(y.cuda(), weights, 0.37)
+    grads_cuda = torch.ops.anode_ext.rk_combine_backward(y_cuda, weights, 0.37)
     for a, b in zip(grads_cuda, grads_cpu):
         torch.testing.assert_close(a.cpu(), b, rtol=0, atol=0)
+
+
+# More ks than one CUDA launch takes (16): the sum runs in groups there.
+MANY_KS = [17, 33, 40]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("n", MANY_KS)
+def test_many_ks_in_every_dtype(n, dtype, device):
+    y, ks, weights = make((1031,), n, dtype, device, seed=n)
+    assert_combine_close(rk_combine(y, ks, weights, 0.3), y, ks, weights, 0.3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("which", [0, 5, 16, 20, 32, "y"])
+def test_out_is_one_of_many_ks(which, dtype, device):
+    # out may be any operand: the result is that of a single pass over the operands
+    # as they were before the call.
+    y, ks, weights = make((1031,), 33, dtype, device, seed=7)
+    expected = rk_combine(y, ks, weights, 0.3)
+    out = y if which == "y" else ks[which]
+    rk_combine(y, ks, weights, 0.3, out=out)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("n", MANY_KS)
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "unaligned"])
+def test_cuda_many_ks_equal_cpu_bit_for_bit(n, dtype, offset):
+    # Partial sums between groups stay in the accumulation type, as in the CPU's one pass.
+    y, ks, weights = make((10_007 + offset,), n, dtype, "cpu", seed=n)
+    y_cuda, ks_cuda = y.cuda()[offset:], [k.cuda()[offset:] for k in ks]
+    cpu = rk_combine(y[offset:], [k[offset:] for k in ks], weights, 0.37)
+    torch.testing.assert_close(rk_combine(y_cuda, ks_cuda, weights, 0.37).cpu(), cpu, rtol=0, atol=0)
+    rk_combine(y_cuda, ks_cuda, weights, 0.37, out=ks_cuda[n - 1])
+    torch.testing.assert_close(ks_cuda[n - 1].cpu(), cpu, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -1,7 +1,9 @@
 #pragma once
-// 16-byte vector loads and stores for elementwise CUDA kernels. A kernel takes
-// the vector path only when every operand's address is 16-byte aligned; the
-// element count need not be a multiple of the width (the tail is scalar).
+// Vector loads and stores for elementwise CUDA kernels: N elements of the operand
+// type per access, N = 16 bytes' worth of the kernel's scalar type (an operand of
+// the wider accumulation type then moves 32 bytes, as two 16-byte accesses). A
+// kernel takes the vector path only when every operand is aligned for its N
+// elements; the element count need not be a multiple of N (the tail is scalar).
 
 #include <c10/macros/Macros.h>
 
@@ -21,9 +23,10 @@ struct alignas(sizeof(T) * N) Packed {
   T v[N];
 };
 
-template <typename T>
-inline bool is_vector_aligned(const T* p) {
-  return reinterpret_cast<std::uintptr_t>(p) % kVectorBytes == 0;
+// True when `p` can be read and written as Packed<T, N>.
+template <int N, typename T>
+inline bool is_packed_aligned(const T* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % (sizeof(T) * N) == 0;
 }
 
 // Loads elements [vec_index * N, vec_index * N + N) of `base`, widened to acc_t.
