@@ -37,8 +37,6 @@ RdaGeometry check_rda_args(const char* op, const at::Tensor& theta, const at::Te
               "): rows d, u, v, r, one column per output channel of theta");
   TORCH_CHECK(reaction >= kReactionTanh && reaction <= kReactionNone, op, ": reaction code ",
               reaction, " is unknown; expected 0 (tanh), 1 (relu) or 2 (none)");
-  TORCH_CHECK(coefficients.numel() == 0 || at::isfinite(coefficients).all().item<bool>(), op,
-              ": coefficients hold NaN or infinite values; expected finite d, u, v, r");
   return g;
 }
 

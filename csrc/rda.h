@@ -15,28 +15,47 @@
 #include <c10/macros/Macros.h>
 
 #include <cmath>
+#include <type_traits>
 
 #include "rk_combine.h"
 
 namespace anode_ext {
 
-// Largest slice (7x7 taps) and most RK stages the fused kernels hold in registers;
-// kernels are instantiated for the smallest of kRdaTapBuckets that fits.
+// Largest slice (7x7 taps) and most RK stages the fused kernels take. Kernels are
+// instantiated for the smallest bucket of taps (1, 9, 25, 49) and of stages (4, 8)
+// that holds the slice and the tableau, so that their per-slice arrays are no
+// larger than needed.
 constexpr int kRdaMaxTaps = 49;
 constexpr int kRdaMaxStages = 8;
 
-// Calls fn.template operator()<TAPS>() with the smallest bucket holding `taps`.
+template <int N>
+using RdaBucket = std::integral_constant<int, N>;
+
+// Calls fn(RdaBucket<TAPS>{}) with the smallest bucket holding `taps`.
 template <typename Fn>
 inline void dispatch_taps(int taps, Fn&& fn) {
   if (taps <= 1) {
-    fn.template operator()<1>();
+    fn(RdaBucket<1>{});
   } else if (taps <= 9) {
-    fn.template operator()<9>();
+    fn(RdaBucket<9>{});
   } else if (taps <= 25) {
-    fn.template operator()<25>();
+    fn(RdaBucket<25>{});
   } else {
-    fn.template operator()<kRdaMaxTaps>();
+    fn(RdaBucket<kRdaMaxTaps>{});
   }
+}
+
+// Calls fn(RdaBucket<TAPS>{}, RdaBucket<STAGES>{}) with the smallest buckets
+// holding `taps` and `stages`.
+template <typename Fn>
+inline void dispatch_taps_and_stages(int taps, int stages, Fn&& fn) {
+  dispatch_taps(taps, [&](auto taps_bucket) {
+    if (stages <= 4) {
+      fn(taps_bucket, RdaBucket<4>{});
+    } else {
+      fn(taps_bucket, RdaBucket<kRdaMaxStages>{});
+    }
+  });
 }
 
 enum RdaReaction : int64_t { kReactionTanh = 0, kReactionRelu = 1, kReactionNone = 2 };
@@ -162,65 +181,93 @@ struct RdaTableau {
   acc_t hb[kRdaMaxStages];
 };
 
-// One RK step of dtheta/dt = q(theta) on a slice of at most TAPS taps: writes the
-// stage inputs theta^(i) (i >= 1, rounded through scalar_t as a stored tensor
-// would be) to stage[i] and the new weight to next. q_work holds q at every stage.
+// Stage input i of a slice, theta + sum_{j<i} ha[i][j] q[j], into x; for i >= 1
+// rounded through scalar_t, as the stored stage tensor is.
 template <int TAPS, typename scalar_t, typename acc_t>
-C10_HOST_DEVICE inline void rda_rk_slice(const acc_t* theta, acc_t (*stage)[TAPS],
-                                         acc_t (*q_work)[TAPS], acc_t* next, int H, int W,
-                                         RdaCoefficients<acc_t> k, int64_t kind,
-                                         const RdaTableau<acc_t>& tab) {
-  const int taps = H * W;
-  for (int i = 0; i < tab.stages; ++i) {
-    for (int e = 0; e < taps; ++e) {
-      acc_t acc = theta[e];
-      for (int j = 0; j < i; ++j) {
-        if (tab.ha[i][j] != acc_t(0)) {
-          acc = rk_accumulate(acc, tab.ha[i][j], q_work[j][e]);
-        }
+C10_HOST_DEVICE inline void rda_stage_input(const acc_t* theta, const acc_t (*q)[TAPS], int i, int taps,
+                                            const RdaTableau<acc_t>& tab, acc_t* x) {
+  for (int e = 0; e < taps; ++e) {
+    acc_t acc = theta[e];
+    for (int j = 0; j < i; ++j) {
+      if (tab.ha[i][j] != acc_t(0)) {
+        acc = rk_accumulate(acc, tab.ha[i][j], q[j][e]);
       }
-      stage[i][e] = i == 0 ? acc : static_cast<acc_t>(static_cast<scalar_t>(acc));
     }
-    rda_slice(stage[i], q_work[i], H, W, k, kind);
+    x[e] = i == 0 ? acc : static_cast<acc_t>(static_cast<scalar_t>(acc));
+  }
+}
+
+// One RK step of dtheta/dt = q(theta) on a slice of at most TAPS taps. Calls
+// emit(i, x) with each output as soon as it is formed: the stage inputs
+// theta^(i) for i = 1 .. stages - 1, then the new weight for i = stages. Leaves
+// q at every stage in q. Holding only q (not every stage input) keeps the
+// per-slice arrays of a GPU thread small.
+template <int TAPS, typename scalar_t, typename acc_t, typename Emit>
+C10_HOST_DEVICE inline void rda_rk_slice(const acc_t* theta, acc_t (*q)[TAPS], int H, int W,
+                                         RdaCoefficients<acc_t> k, int64_t kind, const RdaTableau<acc_t>& tab,
+                                         Emit&& emit) {
+  const int taps = H * W;
+  acc_t x[TAPS];
+  for (int i = 0; i < tab.stages; ++i) {
+    rda_stage_input<TAPS, scalar_t>(theta, q, i, taps, tab, x);
+    if (i > 0) {
+      emit(i, static_cast<const acc_t*>(x));
+    }
+    rda_slice(x, q[i], H, W, k, kind);
   }
   for (int e = 0; e < taps; ++e) {
     acc_t acc = theta[e];
     for (int i = 0; i < tab.stages; ++i) {
       if (tab.hb[i] != acc_t(0)) {
-        acc = rk_accumulate(acc, tab.hb[i], q_work[i][e]);
+        acc = rk_accumulate(acc, tab.hb[i], q[i][e]);
       }
     }
-    next[e] = acc;
+    x[e] = acc;
   }
+  emit(tab.stages, static_cast<const acc_t*>(x));
 }
 
-// The adjoint of rda_rk_slice: given the gradients of the stage outputs
-// (g_stage[i], i >= 1) and of the new weight (g_next), writes the gradient of
-// theta to theta_bar and adds the coefficient gradients to sums[0..3].
-template <int TAPS, typename scalar_t, typename acc_t>
-C10_HOST_DEVICE inline void rda_rk_slice_backward(
-    const acc_t* theta, acc_t (*g_stage)[TAPS], const acc_t* g_next, acc_t (*stage)[TAPS],
-    acc_t (*q_work)[TAPS], acc_t (*stage_bar)[TAPS], acc_t* theta_bar, acc_t* sums, int H, int W,
-    RdaCoefficients<acc_t> k, int64_t kind, const RdaTableau<acc_t>& tab) {
+// The adjoint of rda_rk_slice. grad(i, e) is the gradient of output i (numbered
+// as emit numbers them) at tap e. Writes the gradient of theta to theta_bar and
+// adds the coefficient gradients to sums[0..3].
+//
+// The stages are swept backwards. Stage i's q_bar collects b_i * grad(stages)
+// and a_mi times the adjoint of every later stage input m as soon as that one is
+// complete, so one array per stage suffices (the stage inputs are re-formed from
+// q when needed rather than kept). q and q_bar are the caller's scratch.
+template <int TAPS, typename scalar_t, typename acc_t, typename Grad>
+C10_HOST_DEVICE inline void rda_rk_slice_backward(const acc_t* theta, Grad&& grad, acc_t (*q)[TAPS],
+                                                  acc_t (*q_bar)[TAPS], acc_t* theta_bar, acc_t* sums, int H,
+                                                  int W, RdaCoefficients<acc_t> k, int64_t kind,
+                                                  const RdaTableau<acc_t>& tab) {
   const int taps = H * W;
-  acc_t scratch[TAPS];
-  rda_rk_slice<TAPS, scalar_t>(theta, stage, q_work, scratch, H, W, k, kind, tab);
-  for (int e = 0; e < taps; ++e) {
-    theta_bar[e] = g_next[e];
+  const int stages = tab.stages;
+  acc_t x[TAPS];
+  for (int i = 0; i < stages; ++i) {
+    rda_stage_input<TAPS, scalar_t>(theta, q, i, taps, tab, x);
+    rda_slice(x, q[i], H, W, k, kind);
   }
-  for (int i = tab.stages - 1; i >= 0; --i) {
-    acc_t q_bar[TAPS];
-    for (int e = 0; e < taps; ++e) {
-      acc_t acc = tab.hb[i] * g_next[e];
-      for (int m = i + 1; m < tab.stages; ++m) {
-        acc += tab.ha[m][i] * stage_bar[m][e];
-      }
-      q_bar[e] = acc;
-      stage_bar[i][e] = i == 0 ? acc_t(0) : g_stage[i][e];
+  for (int e = 0; e < taps; ++e) {
+    const acc_t g = grad(stages, e);
+    theta_bar[e] = g;
+    for (int i = 0; i < stages; ++i) {
+      q_bar[i][e] = tab.hb[i] * g;
     }
-    rda_slice_backward(stage[i], q_bar, stage_bar[i], sums, H, W, k, kind);
+  }
+  acc_t x_bar[TAPS];
+  for (int i = stages - 1; i >= 0; --i) {
+    rda_stage_input<TAPS, scalar_t>(theta, q, i, taps, tab, x);
     for (int e = 0; e < taps; ++e) {
-      theta_bar[e] += stage_bar[i][e];
+      x_bar[e] = i == 0 ? acc_t(0) : grad(i, e);
+    }
+    rda_slice_backward(x, q_bar[i], x_bar, sums, H, W, k, kind);
+    for (int e = 0; e < taps; ++e) {
+      theta_bar[e] += x_bar[e];
+      for (int j = 0; j < i; ++j) {
+        if (tab.ha[i][j] != acc_t(0)) {
+          q_bar[j][e] += tab.ha[i][j] * x_bar[e];
+        }
+      }
     }
   }
 }

@@ -155,8 +155,8 @@ def test_errors():
     block = make_block()
     with torch.no_grad():
         block.q.coefficients[0][1, 0] = float("nan")
-    with pytest.raises(RuntimeError, match="coefficients hold NaN"):
-        block(input_for())
+    # Not an error (a check would synchronize the GPU on every step): it shows in the output.
+    assert not block(input_for()).isfinite().all()
 
 
 def test_repr():

@@ -136,14 +136,65 @@ def test_bad_shapes(theta_shape, coefficient_shape, message):
         rda_rhs(torch.zeros(theta_shape), torch.zeros(coefficient_shape))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_coefficients(bad):
-    coefficients = torch.zeros(4, 3)
+def test_non_finite_coefficients_propagate_to_their_channel(bad, device):
+    # Not checked (a check would synchronize the GPU on every call): a non-finite
+    # coefficient shows up in its own output channel, as in any elementwise op.
+    theta, coefficients = sample((3, 2, 3, 3), device=device)
     coefficients[2, 1] = bad
-    with pytest.raises(RuntimeError, match="coefficients hold NaN or infinite values"):
-        rda_rhs(torch.zeros(3, 2, 3, 3), coefficients)
-    with pytest.raises(RuntimeError, match="coefficients hold NaN or infinite values"):
-        rda_rk_step(torch.zeros(3, 2, 3, 3), coefficients, TABLEAUX["euler"], 0.1)
+    for out in (rda_rhs(theta, coefficients), rda_rk_step(theta, coefficients, TABLEAUX["rk4"], 0.1)[-1]):
+        assert not out[1].isfinite().all()
+        assert out[[0, 2]].isfinite().all()
+
+
+def rda_calls(theta, coefficients):
+    """Every RDA op forward and backward, on theta's device."""
+    theta = theta.detach().requires_grad_(True)
+    coefficients = coefficients.detach().requires_grad_(True)
+    loss = rda_rhs(theta, coefficients).sum() + sum(o.sum() for o in rda_rk_step(theta, coefficients, TABLEAUX["rk4"], 0.1))
+    loss.backward()
+
+
+def test_no_host_sync_inside_the_ops():
+    # A .item() (or any read of a tensor's value on the host) inside an op would stall
+    # the GPU on every call and break CUDA-graph capture; the profiler sees it on the CPU.
+    theta, coefficients = sample((4, 3, 3, 3))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], acc_events=True) as prof:
+        rda_calls(theta, coefficients)
+    names = {e.name for e in prof.events()}
+    assert {"anode_ext::rda_rhs", "anode_ext::rda_rk_step_backward"} <= names
+    assert not names & {"aten::item", "aten::_local_scalar_dense", "aten::is_nonzero"}
+
+
+@needs_cuda
+def test_cuda_ops_do_not_synchronize():
+    theta, coefficients = sample((8, 4, 3, 3), dtype=torch.float32, device="cuda")
+    rda_calls(theta, coefficients)
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        rda_calls(theta, coefficients)
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+@needs_cuda
+def test_cuda_ops_capture_in_a_graph():
+    theta, coefficients = sample((8, 4, 3, 3), dtype=torch.float32, device="cuda")
+    expected = rda_rk_step(theta, coefficients, TABLEAUX["rk4"], 0.1)[-1]
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        rda_rk_step(theta, coefficients, TABLEAUX["rk4"], 0.1)
+        with torch.cuda.graph(graph, stream=stream):
+            captured = rda_rk_step(theta, coefficients, TABLEAUX["rk4"], 0.1)[-1]
+    torch.cuda.current_stream().wait_stream(stream)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(captured, expected, rtol=0, atol=0)
 
 
 def test_dtype_and_reaction_errors():

@@ -120,20 +120,17 @@ std::vector<at::Tensor> rda_rk_step_cpu(const at::Tensor& theta, const at::Tenso
     for (at::Tensor& o : outs) {
       o_ptrs.push_back(o.mutable_data_ptr<scalar_t>());
     }
-    dispatch_taps(taps, [&]<int TAPS>() {
+    dispatch_taps_and_stages(taps, stages, [&](auto taps_bucket, auto stages_bucket) {
+      constexpr int TAPS = decltype(taps_bucket)::value;
+      constexpr int STAGES = decltype(stages_bucket)::value;
       at::parallel_for(0, g.cout * g.cin, 16, [&](int64_t begin, int64_t end) {
         acc_t slice[TAPS];
-        acc_t stage[kRdaMaxStages][TAPS];
-        acc_t q_work[kRdaMaxStages][TAPS];
-        acc_t next[TAPS];
+        acc_t q[STAGES][TAPS];
         for (int64_t s = begin; s < end; ++s) {
           load(slice, t_ptr + s * taps, taps);
-          rda_rk_slice<TAPS, scalar_t>(slice, stage, q_work, next, g.H, g.W,
-                                       coefficients_of<scalar_t, acc_t>(c_ptr, g.cout, s / g.cin), reaction, tab);
-          for (int i = 1; i < stages; ++i) {
-            store(o_ptrs[i - 1] + s * taps, stage[i], taps);
-          }
-          store(o_ptrs[stages - 1] + s * taps, next, taps);
+          rda_rk_slice<TAPS, scalar_t>(slice, q, g.H, g.W, coefficients_of<scalar_t, acc_t>(c_ptr, g.cout, s / g.cin),
+                                       reaction, tab,
+                                       [&](int i, const acc_t* x) { store(o_ptrs[i - 1] + s * taps, x, taps); });
         }
       });
     });
@@ -171,26 +168,22 @@ std::tuple<at::Tensor, at::Tensor> rda_rk_step_backward_cpu(at::TensorList grads
     }
     scalar_t* gt_ptr = grad_theta.mutable_data_ptr<scalar_t>();
     scalar_t* gc_ptr = grad_coefficients.mutable_data_ptr<scalar_t>();
-    dispatch_taps(taps, [&]<int TAPS>() {
+    dispatch_taps_and_stages(taps, stages, [&](auto taps_bucket, auto stages_bucket) {
+      constexpr int TAPS = decltype(taps_bucket)::value;
+      constexpr int STAGES = decltype(stages_bucket)::value;
       at::parallel_for(0, g.cout, 1, [&](int64_t begin, int64_t end) {
         acc_t slice[TAPS];
-        acc_t g_stage[kRdaMaxStages][TAPS];
-        acc_t g_next[TAPS];
-        acc_t stage[kRdaMaxStages][TAPS];
-        acc_t q_work[kRdaMaxStages][TAPS];
-        acc_t stage_bar[kRdaMaxStages][TAPS];
+        acc_t q[STAGES][TAPS];
+        acc_t q_bar[STAGES][TAPS];
         acc_t slice_bar[TAPS];
         for (int64_t channel = begin; channel < end; ++channel) {
           const auto k = coefficients_of<scalar_t, acc_t>(c_ptr, g.cout, channel);
           acc_t sums[4] = {0, 0, 0, 0};
           for (int64_t s = channel * g.cin; s < (channel + 1) * g.cin; ++s) {
             load(slice, t_ptr + s * taps, taps);
-            for (int i = 1; i < stages; ++i) {
-              load(g_stage[i], g_ptrs[i - 1] + s * taps, taps);
-            }
-            load(g_next, g_ptrs[stages - 1] + s * taps, taps);
-            rda_rk_slice_backward<TAPS, scalar_t>(slice, g_stage, g_next, stage, q_work, stage_bar, slice_bar,
-                                                  sums, g.H, g.W, k, reaction, tab);
+            const auto grad = [&](int i, int e) { return static_cast<acc_t>(g_ptrs[i - 1][s * taps + e]); };
+            rda_rk_slice_backward<TAPS, scalar_t>(slice, grad, q, q_bar, slice_bar, sums, g.H, g.W, k, reaction,
+                                                  tab);
             store(gt_ptr + s * taps, slice_bar, taps);
           }
           for (int row = 0; row < 4; ++row) {

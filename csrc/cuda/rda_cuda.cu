@@ -1,7 +1,9 @@
 // CUDA kernels of the RDA ops. A filter slice couples only its own taps, so one
-// thread owns one slice and keeps it, and a whole RK step of it, in registers.
-// Coefficient gradients are reduced per output channel by one block each, in a
-// fixed order (deterministic).
+// thread owns one slice and keeps it, and a whole RK step of it, in per-thread
+// arrays sized by the taps and stages buckets (rda.h): small slices stay in
+// registers, 7x7 ones spill to a stack frame of a few KB. Coefficient gradients
+// are reduced per output channel by one block each, in a fixed order
+// (deterministic).
 
 #include "../rda.h"
 
@@ -66,7 +68,7 @@ __device__ void block_sum4(acc_t* sums) {
   __syncthreads();
 }
 
-template <typename scalar_t>
+template <typename scalar_t, int TAPS>
 __global__ void rda_rhs_kernel(const scalar_t* __restrict__ theta, const scalar_t* __restrict__ coeffs,
                                scalar_t* __restrict__ out, int64_t cout, int64_t cin, int H, int W,
                                int64_t reaction) {
@@ -75,15 +77,15 @@ __global__ void rda_rhs_kernel(const scalar_t* __restrict__ theta, const scalar_
   const int64_t slices = cout * cin;
   for (int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; s < slices;
        s += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    acc_t slice[kRdaMaxTaps];
-    acc_t q[kRdaMaxTaps];
+    acc_t slice[TAPS];
+    acc_t q[TAPS];
     load(slice, theta + s * taps, taps);
     rda_slice(slice, q, H, W, coefficients_at<scalar_t, acc_t>(coeffs, cout, s / cin), reaction);
     store(out + s * taps, q, taps);
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, int TAPS>
 __global__ void rda_rhs_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ theta,
                                         const scalar_t* __restrict__ coeffs, scalar_t* __restrict__ grad_theta,
                                         scalar_t* __restrict__ grad_coeffs, int64_t cout, int64_t cin, int H,
@@ -95,9 +97,9 @@ __global__ void rda_rhs_backward_kernel(const scalar_t* __restrict__ grad, const
     acc_t sums[4] = {0, 0, 0, 0};
     for (int64_t ci = threadIdx.x; ci < cin; ci += blockDim.x) {
       const int64_t s = channel * cin + ci;
-      acc_t slice[kRdaMaxTaps];
-      acc_t q_bar[kRdaMaxTaps];
-      acc_t slice_bar[kRdaMaxTaps];
+      acc_t slice[TAPS];
+      acc_t q_bar[TAPS];
+      acc_t slice_bar[TAPS];
       load(slice, theta + s * taps, taps);
       load(q_bar, grad + s * taps, taps);
       for (int e = 0; e < taps; ++e) {
@@ -115,7 +117,7 @@ __global__ void rda_rhs_backward_kernel(const scalar_t* __restrict__ grad, const
   }
 }
 
-template <typename scalar_t, int TAPS>
+template <typename scalar_t, int TAPS, int STAGES>
 __global__ void rda_rk_step_kernel(const scalar_t* __restrict__ theta, const scalar_t* __restrict__ coeffs,
                                    StageArray<scalar_t*> outs, int64_t cout, int64_t cin, int H, int W,
                                    int64_t reaction, RdaTableau<at::opmath_type<scalar_t>> tab) {
@@ -125,20 +127,14 @@ __global__ void rda_rk_step_kernel(const scalar_t* __restrict__ theta, const sca
   for (int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; s < slices;
        s += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     acc_t slice[TAPS];
-    acc_t stage[kRdaMaxStages][TAPS];
-    acc_t q_work[kRdaMaxStages][TAPS];
-    acc_t next[TAPS];
+    acc_t q[STAGES][TAPS];
     load(slice, theta + s * taps, taps);
-    rda_rk_slice<TAPS, scalar_t>(slice, stage, q_work, next, H, W,
-                                 coefficients_at<scalar_t, acc_t>(coeffs, cout, s / cin), reaction, tab);
-    for (int i = 1; i < tab.stages; ++i) {
-      store(outs.items[i - 1] + s * taps, stage[i], taps);
-    }
-    store(outs.items[tab.stages - 1] + s * taps, next, taps);
+    rda_rk_slice<TAPS, scalar_t>(slice, q, H, W, coefficients_at<scalar_t, acc_t>(coeffs, cout, s / cin), reaction,
+                                 tab, [&](int i, const acc_t* x) { store(outs.items[i - 1] + s * taps, x, taps); });
   }
 }
 
-template <typename scalar_t, int TAPS>
+template <typename scalar_t, int TAPS, int STAGES>
 __global__ void rda_rk_step_backward_kernel(StageArray<const scalar_t*> grads, const scalar_t* __restrict__ theta,
                                             const scalar_t* __restrict__ coeffs, scalar_t* __restrict__ grad_theta,
                                             scalar_t* __restrict__ grad_coeffs, int64_t cout, int64_t cin, int H,
@@ -151,19 +147,12 @@ __global__ void rda_rk_step_backward_kernel(StageArray<const scalar_t*> grads, c
     for (int64_t ci = threadIdx.x; ci < cin; ci += blockDim.x) {
       const int64_t s = channel * cin + ci;
       acc_t slice[TAPS];
-      acc_t g_stage[kRdaMaxStages][TAPS];
-      acc_t g_next[TAPS];
-      acc_t stage[kRdaMaxStages][TAPS];
-      acc_t q_work[kRdaMaxStages][TAPS];
-      acc_t stage_bar[kRdaMaxStages][TAPS];
+      acc_t q[STAGES][TAPS];
+      acc_t q_bar[STAGES][TAPS];
       acc_t slice_bar[TAPS];
       load(slice, theta + s * taps, taps);
-      for (int i = 1; i < tab.stages; ++i) {
-        load(g_stage[i], grads.items[i - 1] + s * taps, taps);
-      }
-      load(g_next, grads.items[tab.stages - 1] + s * taps, taps);
-      rda_rk_slice_backward<TAPS, scalar_t>(slice, g_stage, g_next, stage, q_work, stage_bar, slice_bar, sums, H,
-                                            W, k, reaction, tab);
+      const auto grad = [&](int i, int e) { return static_cast<acc_t>(grads.items[i - 1][s * taps + e]); };
+      rda_rk_slice_backward<TAPS, scalar_t>(slice, grad, q, q_bar, slice_bar, sums, H, W, k, reaction, tab);
       store(grad_theta + s * taps, slice_bar, taps);
     }
     block_sum4(sums);
@@ -198,10 +187,14 @@ at::Tensor rda_rhs_cuda(const at::Tensor& theta, const at::Tensor& coefficients,
     return out;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, th.scalar_type(), "rda_rhs_cuda", [&] {
-    rda_rhs_kernel<scalar_t><<<slice_blocks(g.cout * g.cin), kSliceThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        th.const_data_ptr<scalar_t>(), co.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g.cout,
-        g.cin, g.H, g.W, reaction);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    dispatch_taps(g.H * g.W, [&](auto taps_bucket) {
+      constexpr int TAPS = decltype(taps_bucket)::value;
+      rda_rhs_kernel<scalar_t, TAPS>
+          <<<slice_blocks(g.cout * g.cin), kSliceThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              th.const_data_ptr<scalar_t>(), co.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g.cout,
+              g.cin, g.H, g.W, reaction);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return out;
 }
@@ -220,11 +213,15 @@ std::tuple<at::Tensor, at::Tensor> rda_rhs_backward_cuda(const at::Tensor& grad,
     return {grad_theta, grad_coefficients};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, th.scalar_type(), "rda_rhs_backward_cuda", [&] {
-    rda_rhs_backward_kernel<scalar_t><<<channel_blocks(g.cout), kChannelThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        gr.const_data_ptr<scalar_t>(), th.const_data_ptr<scalar_t>(), co.const_data_ptr<scalar_t>(),
-        grad_theta.mutable_data_ptr<scalar_t>(), grad_coefficients.mutable_data_ptr<scalar_t>(), g.cout, g.cin, g.H,
-        g.W, reaction);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    dispatch_taps(g.H * g.W, [&](auto taps_bucket) {
+      constexpr int TAPS = decltype(taps_bucket)::value;
+      rda_rhs_backward_kernel<scalar_t, TAPS>
+          <<<channel_blocks(g.cout), kChannelThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              gr.const_data_ptr<scalar_t>(), th.const_data_ptr<scalar_t>(), co.const_data_ptr<scalar_t>(),
+              grad_theta.mutable_data_ptr<scalar_t>(), grad_coefficients.mutable_data_ptr<scalar_t>(), g.cout, g.cin,
+              g.H, g.W, reaction);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return {grad_theta, grad_coefficients};
 }
@@ -251,8 +248,10 @@ std::vector<at::Tensor> rda_rk_step_cuda(const at::Tensor& theta, const at::Tens
     for (int i = 0; i < stages; ++i) {
       out_ptrs.items[i] = outs[i].mutable_data_ptr<scalar_t>();
     }
-    dispatch_taps(g.H * g.W, [&]<int TAPS>() {
-      rda_rk_step_kernel<scalar_t, TAPS>
+    dispatch_taps_and_stages(g.H * g.W, stages, [&](auto taps_bucket, auto stages_bucket) {
+      constexpr int TAPS = decltype(taps_bucket)::value;
+      constexpr int STAGES = decltype(stages_bucket)::value;
+      rda_rk_step_kernel<scalar_t, TAPS, STAGES>
           <<<slice_blocks(g.cout * g.cin), kSliceThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
               th.const_data_ptr<scalar_t>(), co.const_data_ptr<scalar_t>(), out_ptrs, g.cout, g.cin, g.H, g.W,
               reaction, tab);
@@ -291,8 +290,10 @@ std::tuple<at::Tensor, at::Tensor> rda_rk_step_backward_cuda(at::TensorList grad
     for (int i = 0; i < stages; ++i) {
       grad_ptrs.items[i] = gr[i].const_data_ptr<scalar_t>();
     }
-    dispatch_taps(g.H * g.W, [&]<int TAPS>() {
-      rda_rk_step_backward_kernel<scalar_t, TAPS>
+    dispatch_taps_and_stages(g.H * g.W, stages, [&](auto taps_bucket, auto stages_bucket) {
+      constexpr int TAPS = decltype(taps_bucket)::value;
+      constexpr int STAGES = decltype(stages_bucket)::value;
+      rda_rk_step_backward_kernel<scalar_t, TAPS, STAGES>
           <<<channel_blocks(g.cout), kChannelThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
               grad_ptrs, th.const_data_ptr<scalar_t>(), co.const_data_ptr<scalar_t>(),
               grad_theta.mutable_data_ptr<scalar_t>(), grad_coefficients.mutable_data_ptr<scalar_t>(), g.cout, g.cin,
