@@ -37,11 +37,26 @@ class RngState:
             torch.cuda.set_rng_state(state, device)
 
 
+def cuda_rng_devices(tensors: Iterable[Tensor]) -> list[int]:
+    """The CUDA devices whose generators a recompute must replay.
+
+    Every initialized device, not only those of the state and parameters: func may
+    draw random numbers on any device (dropout on another GPU than its input). When
+    CUDA is not initialized yet, nothing is captured (initializing it here would take
+    GPU memory in CPU-only programs): a func that is the first code to touch CUDA and
+    draws random numbers there gets different draws in its recompute.
+    """
+    devices = {t.device.index or 0 for t in tensors if t.is_cuda}
+    if torch.cuda.is_initialized():
+        devices.update(range(torch.cuda.device_count()))
+    return sorted(devices)
+
+
 class ForwardState:
     """RNG and autocast state captured when a forward pass starts, replayable later."""
 
     def __init__(self, tensors: Iterable[Tensor]) -> None:
-        self.cuda_devices = sorted({t.device.index or 0 for t in tensors if t.is_cuda})
+        self.cuda_devices = cuda_rng_devices(tensors)
         self.rng = RngState(self.cuda_devices)
         self.autocast_state = [
             (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))

@@ -4,6 +4,7 @@ parameter discovery, reuse and the errors for what is not supported."""
 import pytest
 import torch
 from odefuncs import ConvBNFunc, MLPFunc
+from testing import needs_cuda
 from torch import nn
 
 from anode_ext import ODEBlock, odeint
@@ -61,6 +62,27 @@ def test_backward_leaves_the_callers_rng_alone(grad, checkpoints):
         return torch.rand(3)
 
     torch.testing.assert_close(after_backward(grad, checkpoints), after_backward("direct", None))
+
+
+@needs_cuda
+@pytest.mark.parametrize("grad, checkpoints", RECOMPUTE_MODES, ids=MODE_IDS)
+def test_random_draws_on_another_device_replay(grad, checkpoints):
+    # The state and parameters are on the CPU; func draws its noise on the GPU. CUDA is
+    # initialized before the solve, as it is in any program that has used the GPU.
+    torch.cuda.init()
+    lin = nn.Linear(4, 4).double()
+
+    def func(t, y):
+        return torch.tanh(lin(y)) * torch.rand(y.shape, device="cuda", dtype=y.dtype).cpu()
+
+    def gradient(mode, c):
+        torch.manual_seed(3)
+        torch.cuda.manual_seed(3)
+        x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+        (g,) = torch.autograd.grad(odeint(func, x, steps=4, grad=mode, checkpoints=c).square().sum(), x)
+        return g
+
+    torch.testing.assert_close(gradient(grad, checkpoints), gradient("direct", None), rtol=1e-10, atol=0)
 
 
 def grads_of(module, x, grad, checkpoints=None, steps=3, func=None):
