@@ -1,20 +1,26 @@
 """The GPU figures of bench/RESULTS.md, measured in one process on one card.
 
-    python bench/gpu_figures.py OUT_DIR
+    python bench/gpu_figures.py OUT_DIR [--device cpu --smoke]
 
-- rk_combine (RK4) at 2^26 float32 and bfloat16 elements, and the RDA ops, as achieved
-  bandwidth and as a fraction of a large device-to-device copy timed in the same run;
+- rk_combine (RK4) at 2^26 float32 and bfloat16 elements, and the RDA ops (q, the fused
+  RK4 weight step and its backward), as achieved bandwidth and as a fraction of a large
+  device-to-device copy timed in the same run;
 - the ODE-ResNet at batch 128, Nt = 2 and 8: training-step time and peak memory of anode
-  against direct;
+  (and of the ANODEv2 model with every block coupled) against direct;
 - an ODE-ResNet block against torchdiffeq.odeint_adjoint: time ratio and gradient error.
+
+`--smoke` runs every measurement at toy sizes (the test suite does, on the CPU), so that a
+GPU run is not lost to an error in this script.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -24,8 +30,25 @@ from anode_ext.bench.models_bench import model_benchmark
 from anode_ext.bench.solvers import Solver, solvers
 from anode_ext.bench.timing import compare_medians
 
-DEVICE = "cuda"
 RK4 = (1 / 6, 1 / 3, 1 / 3, 1 / 6)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What each figure is measured on."""
+
+    elements: int = 1 << 26
+    filters: tuple[int, int] = (1024, 1024)
+    batch: int = 128
+    block_channels: int = 64
+    width: float = 1.0
+    steps: tuple[int, ...] = (2, 8)
+    repeats: int = 20
+    model_repeats: int = 5
+
+
+SMOKE = Sizes(elements=1 << 12, filters=(8, 4), batch=2, block_channels=4, width=0.125, steps=(1,), repeats=2,
+              model_repeats=1)
 
 
 def bandwidth(name: str, seconds: float, bytes_moved: int, copy_bandwidth: float) -> dict:
@@ -33,12 +56,12 @@ def bandwidth(name: str, seconds: float, bytes_moved: int, copy_bandwidth: float
     return {"op": name, "seconds": seconds, "gb_per_s": achieved / 1e9, "fraction_of_copy": achieved / copy_bandwidth}
 
 
-def op_bandwidth() -> list[dict]:
+def combine_bandwidth(device: str, sizes: Sizes) -> list[dict]:
     rows = []
-    n = 1 << 26
+    n = sizes.elements
     for dtype in (torch.float32, torch.bfloat16):
-        y = torch.randn(n, device=DEVICE, dtype=dtype)
-        ks = [torch.randn(n, device=DEVICE, dtype=dtype) for _ in range(4)]
+        y = torch.randn(n, device=device, dtype=dtype)
+        ks = [torch.randn(n, device=device, dtype=dtype) for _ in range(4)]
         out = torch.empty_like(y)
         t = compare_medians(
             {
@@ -47,92 +70,142 @@ def op_bandwidth() -> list[dict]:
                 "rk_combine_out": lambda: rk_combine(y, ks, RK4, 0.1, out=out),
                 "eager": lambda: y + 0.1 / 6 * (ks[0] + 2 * ks[1] + 2 * ks[2] + ks[3]),
             },
-            DEVICE,
+            device,
             warmup=3,
-            repeats=20,
+            repeats=sizes.repeats,
         )
         size = y.element_size()
         copy_bw = 2 * n * size / t["copy"]
         label = str(dtype).removeprefix("torch.")
-        rows.append({"op": f"copy {label}", "gb_per_s": copy_bw / 1e9, "seconds": t["copy"]})
+        rows.append({"op": f"copy {label} ({n} elements)", "gb_per_s": copy_bw / 1e9, "seconds": t["copy"]})
         for name in ("rk_combine", "rk_combine_out", "eager"):
-            rows.append(bandwidth(f"{name} RK4 {label} 2^26", t[name], 6 * n * size, copy_bw))
-    theta = torch.randn(1024, 1024, 3, 3, device=DEVICE)
-    coefficients = torch.randn(4, 1024, device=DEVICE) * 0.1
-    out = torch.empty_like(theta)
-    t = compare_medians(
-        {
-            "copy": lambda: out.copy_(theta),
-            "rda_rhs": lambda: rda_rhs(theta, coefficients),
-            "rda_rk_step": lambda: rda_rk_step(theta, coefficients, TABLEAUX["rk4"], 0.1),
-        },
-        DEVICE,
-        warmup=3,
-        repeats=20,
-    )
-    size = theta.numel() * theta.element_size()
-    copy_bw = 2 * size / t["copy"]
-    rows.append(bandwidth("rda_rhs 1024x1024x3x3 float32", t["rda_rhs"], 2 * size, copy_bw))
-    # Reads theta once, writes the three stage weights and the new weight.
-    rows.append(bandwidth("rda_rk_step rk4 1024x1024x3x3 float32", t["rda_rk_step"], 5 * size, copy_bw))
+            # Reads y and four ks, writes out (the eager expression moves more than this).
+            rows.append(bandwidth(f"{name} RK4 {label} ({n} elements)", t[name], 6 * n * size, copy_bw))
     return rows
 
 
-def main(out_dir: str) -> int:
+def rda_bandwidth(device: str, sizes: Sizes) -> list[dict]:
+    rows = []
+    cout, cin = sizes.filters
+    rk4 = TABLEAUX["rk4"]
+    a = [w for row in rk4.a for w in row]
+    for dtype in (torch.float32, torch.bfloat16):
+        theta = torch.randn(cout, cin, 3, 3, device=device, dtype=dtype)
+        coefficients = (torch.randn(4, cout, device=device) * 0.1).to(dtype)
+        grads = [torch.randn_like(theta) for _ in range(rk4.stages)]
+        out = torch.empty_like(theta)
+        t = compare_medians(
+            {
+                "copy": lambda: out.copy_(theta),
+                "rda_rhs": lambda: rda_rhs(theta, coefficients),
+                "rda_rk_step": lambda: rda_rk_step(theta, coefficients, rk4, 0.1),
+                "rda_rk_step_backward": lambda: torch.ops.anode_ext.rda_rk_step_backward(
+                    grads, theta, coefficients, 0, a, list(rk4.b), 0.1
+                ),
+            },
+            device,
+            warmup=3,
+            repeats=sizes.repeats,
+        )
+        size = theta.numel() * theta.element_size()
+        copy_bw = 2 * size / t["copy"]
+        label = f"{cout}x{cin}x3x3 {str(dtype).removeprefix('torch.')}"
+        rows.append(bandwidth(f"rda_rhs {label}", t["rda_rhs"], 2 * size, copy_bw))
+        # Reads theta once, writes the three stage weights and the new weight.
+        rows.append(bandwidth(f"rda_rk_step rk4 {label}", t["rda_rk_step"], 5 * size, copy_bw))
+        # Reads theta and the four output gradients, writes theta's gradient.
+        rows.append(bandwidth(f"rda_rk_step_backward rk4 {label}", t["rda_rk_step_backward"], 6 * size, copy_bw))
+    return rows
+
+
+def resnet_figures(device: str, sizes: Sizes) -> list[dict]:
+    modes = [
+        ("direct", "direct", None, "none"),
+        ("anode", "anode", None, "none"),
+        ("anode, coupled=all", "anode", None, "all"),
+    ]
+    results = []
+    for steps in sizes.steps:
+        rows = model_benchmark(
+            "resnet", sizes.width, sizes.batch, 32, steps, "midpoint", device, repeats=sizes.model_repeats, modes=modes
+        )
+        by = {r["mode"]: r for r in rows}
+        direct, anode, coupled = by["direct"], by["anode"], by["anode, coupled=all"]
+        peak = direct["device_peak_bytes"]
+        results.append(
+            {
+                "steps": steps,
+                "batch": sizes.batch,
+                "direct_seconds": direct["seconds"],
+                "anode_seconds": anode["seconds"],
+                "coupled_seconds": coupled["seconds"],
+                "time_anode_over_direct": anode["seconds"] / direct["seconds"],
+                "time_coupled_over_anode": coupled["seconds"] / anode["seconds"],
+                "peak_memory_anode_over_direct": anode["device_peak_bytes"] / peak if peak else None,
+                "direct_peak_bytes": peak,
+                "anode_peak_bytes": anode["device_peak_bytes"],
+                "saved_bytes_per_image": {r["mode"]: r["saved_bytes_per_image"] for r in rows},
+            }
+        )
+        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def block_figures(device: str, sizes: Sizes) -> list[dict]:
+    chosen = [s for s in solvers((1,)) if s.name in ("direct", "anode", "torchdiffeq odeint_adjoint")]
+    if not any(s.library == "torchdiffeq" for s in chosen):
+        raise RuntimeError("torchdiffeq is not importable; the block comparison needs torchdiffeq.odeint_adjoint")
+    results = []
+    for steps in sizes.steps:
+        rows = block_benchmark(
+            "resnet", sizes.block_channels, sizes.batch, 32, "midpoint", steps, chosen, device, repeats=sizes.model_repeats
+        )
+        by = {r["solver"]: r for r in rows}
+        anode, adjoint = by["anode"], by["torchdiffeq odeint_adjoint"]
+        summary = {
+            "steps": steps,
+            "anode_seconds": anode["seconds"],
+            "torchdiffeq_adjoint_seconds": adjoint["seconds"],
+            "time_anode_over_torchdiffeq_adjoint": anode["seconds"] / adjoint["seconds"],
+            "grad_error_anode": anode["grad_error"],
+            "grad_error_torchdiffeq_adjoint": adjoint["grad_error"],
+            "rows": rows,
+        }
+        results.append(summary)
+        print(json.dumps({k: v for k, v in summary.items() if k != "rows"}), flush=True)
+    return results
+
+
+def main(out_dir: str, device: str = "cuda", sizes: Sizes = Sizes()) -> dict:
+    """Measure every figure, write OUT_DIR/gpu_figures.json and return its contents."""
     os.makedirs(out_dir, exist_ok=True)
     started = time.time()
     results = {
-        "device": torch.cuda.get_device_name(),
+        "device": torch.cuda.get_device_name() if device == "cuda" else device,
         "torch": torch.__version__,
         "build_info": build_info(),
         "date": time.strftime("%Y-%m-%d"),
+        "sizes": sizes.__dict__,
     }
-    results["bandwidth"] = op_bandwidth()
-    print(json.dumps(results["bandwidth"], indent=1), flush=True)
-    results["resnet"] = []
-    for steps in (2, 8):
-        rows = model_benchmark(
-            "resnet", 1.0, 128, 32, steps, "midpoint", DEVICE, repeats=5,
-            modes=[("direct", "direct", None, "none"), ("anode", "anode", None, "none")],
-        )
-        direct, anode = rows
-        results["resnet"].append(
-            {
-                "steps": steps,
-                "direct_seconds": direct["seconds"],
-                "anode_seconds": anode["seconds"],
-                "time_anode_over_direct": anode["seconds"] / direct["seconds"],
-                "peak_memory_anode_over_direct": anode["device_peak_bytes"] / direct["device_peak_bytes"],
-                "direct_peak_bytes": direct["device_peak_bytes"],
-                "anode_peak_bytes": anode["device_peak_bytes"],
-            }
-        )
-        print(json.dumps(results["resnet"][-1]), flush=True)
-    chosen = [s for s in solvers((1,)) if s.name in ("direct", "anode", "torchdiffeq odeint_adjoint")]
-    if not any(s.library == "torchdiffeq" for s in chosen):
-        chosen.append(Solver("torchdiffeq odeint_adjoint", "torchdiffeq", "adjoint"))
-    results["resnet_block_vs_torchdiffeq"] = []
-    for steps in (2, 8):
-        rows = block_benchmark("resnet", 64, 128, 32, "midpoint", steps, chosen, DEVICE, repeats=5)
-        by = {r["solver"]: r for r in rows}
-        summary = {
-            "steps": steps,
-            "anode_seconds": by["anode"]["seconds"],
-            "torchdiffeq_adjoint_seconds": by["torchdiffeq odeint_adjoint"]["seconds"],
-            "time_anode_over_torchdiffeq_adjoint": by["anode"]["seconds"] / by["torchdiffeq odeint_adjoint"]["seconds"],
-            "grad_error_anode": by["anode"]["grad_error"],
-            "grad_error_torchdiffeq_adjoint": by["torchdiffeq odeint_adjoint"]["grad_error"],
-            "rows": rows,
-        }
-        results["resnet_block_vs_torchdiffeq"].append(summary)
-        print(json.dumps({k: v for k, v in summary.items() if k != "rows"}), flush=True)
-    results["seconds"] = time.time() - started
-    with open(os.path.join(out_dir, "gpu_figures.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    return 0
+    path = os.path.join(out_dir, "gpu_figures.json")
+    sections = [("rk_combine", combine_bandwidth), ("rda", rda_bandwidth), ("resnet", resnet_figures),
+                ("resnet_block_vs_torchdiffeq", block_figures)]
+    for name, measure in sections:
+        results[name] = measure(device, sizes)
+        if name in ("rk_combine", "rda"):
+            print(json.dumps(results[name], indent=1), flush=True)
+        # Written after every section, so that a run cut short keeps what it measured.
+        results["seconds"] = time.time() - started
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python bench/gpu_figures.py OUT_DIR")
-    sys.exit(main(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--smoke", action="store_true", help="toy sizes: check the script, measure nothing")
+    args = parser.parse_args()
+    main(args.out_dir, args.device, SMOKE if args.smoke else Sizes())
+    sys.exit(0)
