@@ -11,10 +11,12 @@ as the baseline whose error the benchmarks report.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-from ._anode import refuse_double_backward
+from ._checkpointed import refuse_double_backward, sequence_mark
 from ._recompute import ForwardState, buffers_unchanged
 from .solver import Problem, State, checked_derivative, rk_step
 
@@ -23,14 +25,66 @@ def _zero_if_none(grads, like):
     return tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, like))
 
 
+def _record_dependencies(problem: Problem, state: State, named: Sequence[Tensor]) -> tuple[State, list[Tensor]]:
+    """Solve once with autograd recording (nothing saved) and read off the graph the
+    leaf tensors requiring grad that func used, at any step. Returns the outputs and
+    those tensors (with `named` added).
+
+    The adjoint integrates a gradient for each of them, so each must be an object this
+    code can name: a tensor computed outside the solve that requires grad (not a leaf)
+    is reachable only as a graph node, and is refused unless it is in `named`.
+    """
+    start = sequence_mark()
+
+    def never(_: object) -> Tensor:
+        raise RuntimeError("anode_ext: the dependency graph of grad='adjoint' was differentiated; this is a bug")
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: None, never):
+        inputs = tuple(s.detach().requires_grad_(s.requires_grad) for s in state)
+        outputs = problem.solve(inputs)
+    own = {id(t) for t in inputs}
+    named_nodes = {id(t.grad_fn) for t in named if t.grad_fn is not None}
+    found: dict[int, Tensor] = {id(t): t for t in named}
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen or id(node) in named_nodes:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, Tensor):
+            if id(variable) not in own:
+                found.setdefault(id(variable), variable)
+            continue
+        if node._sequence_nr() < start:
+            raise ValueError(
+                "grad='adjoint' integrates a gradient for each tensor func depends on, but func uses a "
+                f"tensor that was computed outside the solve and requires grad (its grad_fn is {node.name()}); "
+                "name it in params= to treat it as a parameter, or use grad='anode' or 'revolve', which "
+                "need no such list"
+            )
+        stack.extend(n for n, _ in node.next_functions if n is not None)
+    return tuple(o.detach() for o in outputs), list(found.values())
+
+
+def solve_adjoint(problem: Problem, state: State, forward_state: ForwardState, named: Sequence[Tensor]) -> State:
+    """Solve `problem` from `state` with the adjoint gradient."""
+    if isinstance(problem.t0, Tensor) or isinstance(problem.h, Tensor):
+        raise ValueError(
+            "grad='adjoint' gives no gradient with respect to t0 or t1; use grad='direct', 'anode' or "
+            "'revolve' for learnable integration times"
+        )
+    outputs, params = _record_dependencies(problem, state, named)
+    return AdjointFunction.apply(problem, forward_state, outputs, len(state), *state, *params)
+
+
 class AdjointFunction(torch.autograd.Function):
-    """apply(problem, forward_state, first_k, n_state, *state, *params) -> outputs."""
+    """apply(problem, forward_state, outputs, n_state, *state, *params) -> outputs, the
+    solve already run by _record_dependencies."""
 
     @staticmethod
-    def forward(ctx, problem: Problem, forward_state: ForwardState, first_k, n_state: int, *tensors):
-        state = tensors[:n_state]
-        with torch.no_grad():
-            outputs = problem.solve(state, first_k)
+    def forward(ctx, problem: Problem, forward_state: ForwardState, outputs: State, n_state: int, *tensors):
         final = tuple(o[-1] for o in outputs) if problem.return_all else outputs
         # Outputs nobody differentiates (the final weights of a coupled block, say)
         # then reach backward as None and cost nothing.

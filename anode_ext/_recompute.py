@@ -2,17 +2,17 @@
 
 - the random-number state of the forward (dropout draws the same numbers);
 - the autocast state of the forward (the same precisions);
-- module buffers left as the forward left them (BatchNorm running statistics and
-  num_batches_tracked are updated once per training step, not once more by the
-  recompute);
-- the tensors func depends on, found without the user listing them.
+- module buffers as the forward had them at each recomputed evaluation, and as they
+  were before the recompute once it is done (BatchNorm running statistics and
+  num_batches_tracked are updated once per training step, a power-iteration vector is
+  what it was when the forward used it);
+- saved-tensor hooks of the caller (memory accounting, offloading) applied to what the
+  recompute keeps for the backward.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -70,11 +70,11 @@ class ForwardState:
         return RngState(self.cuda_devices)
 
     @contextlib.contextmanager
-    def rng_replay(self) -> Iterator[None]:
-        """Run the body with the generators as they were at capture; the caller's RNG
-        state is restored afterwards."""
+    def rng_replay(self, rng: RngState | None = None) -> Iterator[None]:
+        """Run the body with the generators as they were at capture (or as `rng` holds
+        them); the caller's RNG state is restored afterwards."""
         with torch.random.fork_rng(devices=self.cuda_devices):
-            self.rng.restore()
+            (rng or self.rng).restore()
             yield
 
     @contextlib.contextmanager
@@ -92,92 +92,92 @@ class ForwardState:
             yield
 
 
+BufferValues = dict[int, Tensor]
+
+
+class BufferLog:
+    """The module buffers a forward solve uses, with their values along the way.
+
+    While ``watch()`` is on, a module forward pre-hook notes each module's own buffers
+    the first time the module runs in this thread, with the value they have then: the
+    value at the start of the solve, whatever func is (a module, a closure over
+    modules, a function using a global model). ``values()`` copies the current values
+    of the buffers seen so far, for positions inside the solve.
+    """
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+        self.buffers: dict[int, Tensor] = {}
+        self.initial: BufferValues = {}
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[None]:
+        """Note the buffers of every module that runs in the body."""
+        handle = nn.modules.module.register_module_forward_pre_hook(self._first_use)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _first_use(self, module: nn.Module, args: object) -> None:
+        if not module._buffers or threading.get_ident() != self.thread:
+            return
+        for buffer in module._buffers.values():
+            if buffer is not None and id(buffer) not in self.buffers:
+                self.buffers[id(buffer)] = buffer
+                self.initial[id(buffer)] = buffer.detach().clone()
+
+    def values(self) -> BufferValues:
+        """The current values of every buffer seen so far."""
+        return {key: buffer.detach().clone() for key, buffer in self.buffers.items()}
+
+    @contextlib.contextmanager
+    def replay(self, values: BufferValues | None = None) -> Iterator[None]:
+        """Run the body with the buffers as `values` holds them (those it lacks, and
+        all without `values`, as they were at the start of the solve); afterwards put
+        back what they held before the body.
+
+        Written through ``.data`` so that neither change bumps a version counter:
+        saved-tensor checks elsewhere in the graph see no modification, as there is
+        none once the body is over.
+        """
+        before = self.values()
+        values = values or {}
+        self._load({key: values.get(key, self.initial[key]) for key in self.buffers})
+        try:
+            yield
+        finally:
+            self._load(before)
+
+    def _load(self, values: BufferValues) -> None:
+        for key, value in values.items():
+            self.buffers[key].data.copy_(value)
+
+
 @contextlib.contextmanager
 def buffers_unchanged() -> Iterator[None]:
-    """Undo, on exit, every change this thread's module calls make to module buffers.
-
-    A global forward pre-hook snapshots each module's own buffers the first time the
-    module runs in the body, so this works whatever func is (a module, a closure
-    over modules, a function using a global model).
-    """
-    thread = threading.get_ident()
-    saved: dict[int, tuple[Tensor, Tensor]] = {}
-
-    def snapshot(module: nn.Module, args: object) -> None:
-        if threading.get_ident() != thread:
-            return
-        for buffer in module.buffers(recurse=False):
-            if id(buffer) not in saved:
-                saved[id(buffer)] = (buffer, buffer.detach().clone())
-
-    handle = nn.modules.module.register_module_forward_pre_hook(snapshot)
-    try:
-        yield
-    finally:
-        handle.remove()
-        with torch.no_grad():
-            for buffer, copy in saved.values():
-                buffer.copy_(copy)
+    """Undo, on exit, every change this thread's module calls make to module buffers."""
+    log = BufferLog()
+    with log.watch():
+        try:
+            yield
+        finally:
+            log._load(log.initial)
 
 
-def modules_of(func: Callable) -> list[nn.Module]:
-    """Modules that func is or is bound to (a Module, a bound method, a partial)."""
-    if isinstance(func, nn.Module):
-        return [func]
-    if inspect.ismethod(func) and isinstance(func.__self__, nn.Module):
-        return [func.__self__]
-    if isinstance(func, functools.partial):
-        found = modules_of(func.func)
-        found += [a for a in (*func.args, *func.keywords.values()) if isinstance(a, nn.Module)]
-        return found
-    return []
+class CallerHooks:
+    """The saved-tensor hooks in effect when a recompute starts (the caller's memory
+    accounting or offloading), applied to what the recompute keeps for the backward,
+    as autograd would apply them to a plain forward's saved tensors."""
 
+    def __init__(self) -> None:
+        top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+        hooks = top(True) if top is not None else None
+        self.pack: Callable[[Tensor], object] | None = hooks[0] if hooks else None
+        self.unpack: Callable[[object], Tensor] | None = hooks[1] if hooks else None
 
-def graph_leaves(outputs: Sequence[Tensor]) -> list[Tensor]:
-    """Every leaf tensor that requires grad and that `outputs` were computed from."""
-    leaves: dict[int, Tensor] = {}
-    seen: set[int] = set()
-    stack = []
-    for t in outputs:
-        if t.grad_fn is not None:
-            stack.append(t.grad_fn)
-        elif t.requires_grad:
-            leaves[id(t)] = t
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        variable = getattr(node, "variable", None)
-        if isinstance(variable, Tensor):
-            leaves[id(variable)] = variable
-        for next_node, _ in node.next_functions:
-            if next_node is not None:
-                stack.append(next_node)
-    return list(leaves.values())
+    def keep(self, t: Tensor) -> object:
+        return t if self.pack is None else self.pack(t)
 
-
-def dependencies(
-    func: Callable,
-    probe_outputs: Sequence[Tensor],
-    exclude: Sequence[Tensor],
-    extra: Iterable[Tensor] = (),
-) -> list[Tensor]:
-    """The tensors requiring grad that func depends on, other than its state.
-
-    The union of: the parameters of the module func is (or is bound to); the leaves
-    of the graph of one evaluation (`probe_outputs`), which finds tensors captured by
-    closures; and `extra`, tensors the caller names.
-    """
-    excluded = {id(t) for t in exclude}
-    found: dict[int, Tensor] = {}
-    for module in modules_of(func):
-        for p in module.parameters():
-            found.setdefault(id(p), p)
-    for t in graph_leaves(probe_outputs):
-        found.setdefault(id(t), t)
-    for t in extra:
-        if not isinstance(t, Tensor):
-            raise TypeError(f"params must hold tensors, got {type(t).__name__}")
-        found.setdefault(id(t), t)
-    return [t for key, t in found.items() if key not in excluded and t.requires_grad]
+    def restore(self, packed: object) -> Tensor:
+        return packed if self.unpack is None else self.unpack(packed)

@@ -6,28 +6,40 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from .odeint import check_solve_options, odeint
+from .odeint import check_solve_options, check_time, odeint
 from .tableau import Tableau, get_tableau
 
 __all__ = ["ODEBlock"]
+
+
+def block_time(value: float | Tensor, name: str) -> float | Tensor:
+    """A block's t0 or t1: a float, or the tensor itself (an nn.Parameter makes it
+    learnable), checked as odeint checks it."""
+    check_time(value, name)
+    return value if isinstance(value, Tensor) else float(value)
+
+
+def format_time(value: float | Tensor) -> str:
+    return f"{float(value.detach()):g}" if isinstance(value, Tensor) else f"{value:g}"
 
 
 class ODEBlock(nn.Module):
     """``x -> y(t1)`` where ``dy/dt = func(t, y)``, ``y(t0) = x``, solved in `steps` fixed steps.
 
     With ``method="euler", steps=1, t1=1`` it computes the residual block ``x + func(0, x)``.
-    See :func:`anode_ext.odeint` for `grad` and the checkpointing options.
+    t0 and t1 may be tensors; an ``nn.Parameter`` is registered, giving a learnable
+    integration time. See :func:`anode_ext.odeint` for `grad` and the checkpointing options.
     """
 
     def __init__(
         self,
         func: Callable[[float, Tensor], Tensor],
-        t1: float = 1.0,
+        t1: float | Tensor = 1.0,
         steps: int = 1,
         method: str | Tableau = "rk4",
         grad: str = "anode",
         *,
-        t0: float = 0.0,
+        t0: float | Tensor = 0.0,
         checkpoints: int | None = None,
         memory_budget: int | None = None,
     ) -> None:
@@ -37,8 +49,8 @@ class ODEBlock(nn.Module):
         self.func = func
         self.tableau = get_tableau(method)
         self.steps, self.grad = check_solve_options(steps, grad, checkpoints, memory_budget)
-        self.t0 = float(t0)
-        self.t1 = float(t1)
+        self.t0 = block_time(t0, "t0")
+        self.t1 = block_time(t1, "t1")
         self.checkpoints = checkpoints
         self.memory_budget = memory_budget
 
@@ -57,8 +69,8 @@ class ODEBlock(nn.Module):
 
     def extra_repr(self) -> str:
         parts = [
-            f"t0={self.t0:g}",
-            f"t1={self.t1:g}",
+            f"t0={format_time(self.t0)}",
+            f"t1={format_time(self.t1)}",
             f"steps={self.steps}",
             f"method={self.tableau.name}",
             f"grad={self.grad}",

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .odeint import check_solve_options, odeint, solve_problem
+from .block import block_time, format_time
+from .odeint import check_solve_options, check_time, odeint, solve_problem
 from .rda import RDA
 from .solver import Problem, State, checked_derivative, combine_stages
 from .tableau import Tableau, get_tableau
@@ -57,23 +58,20 @@ class _CoupledProblem(Problem):
     """A coupled solve whose weight part, for RDA dynamics, is stepped by the fused kernel:
     all stage weights of a step come from one pass per filter, before f is evaluated."""
 
-    def run(self, state: State, first_k: State | None = None) -> list[State]:
+    def run(self, state: State) -> list[State]:
         """Problem.run through this class's own step."""
-        return self.run_stepwise(state, first_k)
+        return self.run_stepwise(state)
 
-    def step(self, n: int, state: State, first_k: State | None = None) -> State:
+    def step(self, n: int, state: State) -> State:
         joint: _JointDynamics = self.func
-        if not isinstance(joint.block.q, RDA):
-            return super().step(n, state, first_k)
+        if not isinstance(joint.block.q, RDA) or isinstance(self.h, Tensor):
+            return super().step(n, state)
         t, h, tableau = self.t0 + n * self.h, self.h, self.tableau
         z, thetas = state[0], state[1:]
         fused = joint.block.q.rk_step(thetas, tableau, h)
         stage_thetas = [thetas] + [tuple(steps[i] for steps in fused) for i in range(tableau.stages - 1)]
         ks: list[tuple[Tensor]] = []
         for i in range(tableau.stages):
-            if i == 0 and first_k is not None:
-                ks.append((first_k[0],))
-                continue
             which, weights = tableau.terms[i]
             (stage_z,) = combine_stages((z,), ks, which, weights, h)
             ks.append(checked_derivative((joint.f(t + tableau.c[i] * h, stage_z, stage_thetas[i]),), (z,)))
@@ -91,7 +89,8 @@ class CoupledODEBlock(nn.Module):
         weights: names of the parameters of func that evolve (default: every Conv and
             Linear weight, see ``evolving_weights``).
         reaction: rho of the RDA dynamics, ``"tanh"`` or ``"relu"``.
-        t1, steps, method, grad, t0, checkpoints, memory_budget: as for ODEBlock.
+        t1, steps, method, grad, t0, checkpoints, memory_budget: as for ODEBlock (t0 and t1
+            may be tensors, an nn.Parameter for a learnable integration time).
     """
 
     def __init__(
@@ -99,12 +98,12 @@ class CoupledODEBlock(nn.Module):
         func: nn.Module,
         q: str | nn.Module = "rda",
         weights: Sequence[str] | None = None,
-        t1: float = 1.0,
+        t1: float | Tensor = 1.0,
         steps: int = 1,
         method: str | Tableau = "rk4",
         grad: str = "anode",
         *,
-        t0: float = 0.0,
+        t0: float | Tensor = 0.0,
         reaction: str = "tanh",
         checkpoints: int | None = None,
         memory_budget: int | None = None,
@@ -127,7 +126,7 @@ class CoupledODEBlock(nn.Module):
         self.q = q
         self.tableau = get_tableau(method)
         self.steps, self.grad = check_solve_options(steps, grad, checkpoints, memory_budget)
-        self.t0, self.t1 = float(t0), float(t1)
+        self.t0, self.t1 = block_time(t0, "t0"), block_time(t1, "t1")
         self.checkpoints, self.memory_budget = checkpoints, memory_budget
 
     @property
@@ -142,15 +141,14 @@ class CoupledODEBlock(nn.Module):
             return odeint(self.func, x, self.t0, self.t1, **options)
         params = dict(self.func.named_parameters())
         thetas = tuple(params[name] for name in self.weight_names)
-        problem = _CoupledProblem(_JointDynamics(self), self.tableau, self.t0,
-                                  (self.t1 - self.t0) / self.steps, self.steps)
-        (z, *_) = solve_problem(problem, (x, *thetas), self.grad, self.checkpoints,
-                                self.memory_budget, (), self)
+        t0, t1 = check_time(self.t0, "t0"), check_time(self.t1, "t1")
+        problem = _CoupledProblem(_JointDynamics(self), self.tableau, t0, (t1 - t0) / self.steps, self.steps)
+        (z, *_) = solve_problem(problem, (x, *thetas), self.grad, self.checkpoints, self.memory_budget, ())
         return z
 
     def extra_repr(self) -> str:
         q = self.q if isinstance(self.q, str) else type(self.q).__name__
-        parts = [f"t0={self.t0:g}", f"t1={self.t1:g}", f"steps={self.steps}", f"method={self.tableau.name}",
+        parts = [f"t0={format_time(self.t0)}", f"t1={format_time(self.t1)}", f"steps={self.steps}", f"method={self.tableau.name}",
                  f"grad={self.grad}", f"q={q}", f"evolving={len(self.weight_names)}"]
         if self.checkpoints is not None:
             parts.append(f"checkpoints={self.checkpoints}")

@@ -10,13 +10,12 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from ._adjoint import AdjointFunction
-from ._anode import AnodeFunction
-from ._recompute import ForwardState, dependencies
-from ._revolve_function import RevolveFunction
+from ._adjoint import solve_adjoint
+from ._checkpointed import solve_checkpointed
+from ._recompute import ForwardState
 from .revolve import _check as _check_revolve_args
 from .revolve import _check_budget, checkpoints_for_budget
-from .solver import Problem, State, StateFunc
+from .solver import Problem, State, StateFunc, Time
 from .tableau import Tableau, get_tableau
 
 __all__ = ["GRAD_MODES", "odeint"]
@@ -25,8 +24,16 @@ GRAD_MODES = ("direct", "anode", "revolve", "adjoint")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _time(value: object, name: str) -> float:
-    if isinstance(value, Tensor) and value.numel() == 1:
+def check_time(value: object, name: str) -> Time:
+    """A time as a float, or as a 0-d floating tensor when it requires grad (a learnable
+    integration time); a ValueError for anything else."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise ValueError(f"{name} must be a real number or a one-element floating tensor, got {value!r}")
+        if value.requires_grad:
+            if not torch.isfinite(value).all():
+                raise ValueError(f"{name} must be finite, got {value!r}")
+            return value.reshape(())
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite real number, got {value!r}")
@@ -82,8 +89,8 @@ def solve(
     func: StateFunc,
     state: State,
     *,
-    t0: float,
-    t1: float,
+    t0: Time,
+    t1: Time,
     steps: int,
     method: str | Tableau,
     grad: str,
@@ -91,17 +98,13 @@ def solve(
     memory_budget: int | None = None,
     return_all: bool = False,
     params: Iterable[Tensor] = (),
-    owner: Callable | None = None,
 ) -> State:
-    """Solve for a state made of several tensors; `func(t, state)` returns a tuple.
-
-    `owner` is the user's callable, searched for modules whose parameters func uses.
-    """
+    """Solve for a state made of several tensors; `func(t, state)` returns a tuple."""
     tableau = get_tableau(method)
     steps = check_steps(steps)
-    t0, t1 = _time(t0, "t0"), _time(t1, "t1")
+    t0, t1 = check_time(t0, "t0"), check_time(t1, "t1")
     problem = Problem(func, tableau, t0, (t1 - t0) / steps, steps, bool(return_all))
-    return solve_problem(problem, state, grad, checkpoints, memory_budget, params, owner or func)
+    return solve_problem(problem, state, grad, checkpoints, memory_budget, params)
 
 
 def solve_problem(
@@ -111,10 +114,10 @@ def solve_problem(
     checkpoints: int | None,
     memory_budget: int | None,
     params: Iterable[Tensor],
-    owner: Callable,
 ) -> State:
     """Run `problem` from `state` with the gradient mode `grad`."""
     _, grad = check_solve_options(problem.steps, grad, checkpoints, memory_budget)
+    named = _check_params(params)
     if grad == "direct" or not torch.is_grad_enabled():
         return problem.solve(state)
     if grad == "revolve" and checkpoints is None:
@@ -123,7 +126,15 @@ def solve_problem(
             if memory_budget is None
             else checkpoints_for_budget(memory_budget, _state_bytes(state), problem.steps)
         )
-    return _solve_with_recompute(problem, state, grad, checkpoints, list(params), owner)
+    return _solve_with_recompute(problem, state, grad, checkpoints, named)
+
+
+def _check_params(params: Iterable[Tensor]) -> list[Tensor]:
+    named = list(params)
+    for t in named:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"params must hold tensors, got {type(t).__name__}")
+    return named
 
 
 def _outside_compile(fn):
@@ -149,25 +160,13 @@ def _solve_with_recompute(
     state: State,
     grad: str,
     checkpoints: int | None,
-    extra: Sequence[Tensor],
-    owner: Callable,
+    named: Sequence[Tensor],
 ) -> State:
     # Captured before the first evaluation, which the backward replays.
-    forward_state = ForwardState([*state, *extra])
-    with torch.enable_grad():
-        probe_state = tuple(s.detach().requires_grad_(True) for s in state)
-        probe = problem.evaluate(0, probe_state)
-    params = dependencies(owner, probe, exclude=(*state, *probe_state), extra=extra)
-    first_k = tuple(k.detach() for k in probe)
-    del probe, probe_state
-    if not params and not any(s.requires_grad for s in state):
-        with torch.no_grad():
-            return problem.solve(state, first_k)
-    if grad == "anode":
-        return AnodeFunction.apply(problem, forward_state, first_k, len(state), *state, *params)
-    if grad == "revolve":
-        return RevolveFunction.apply(problem, forward_state, first_k, checkpoints, len(state), *state, *params)
-    return AdjointFunction.apply(problem, forward_state, first_k, len(state), *state, *params)
+    forward_state = ForwardState(state)
+    if grad == "adjoint":
+        return solve_adjoint(problem, state, forward_state, named)
+    return solve_checkpointed(problem, state, forward_state, checkpoints if grad == "revolve" else None)
 
 
 class _OnTensor:
@@ -199,7 +198,10 @@ def odeint(
 ) -> Tensor:
     """Integrate ``dy/dt = func(t, y)`` from t0 to t1 in `steps` equal steps; return y(t1).
 
-    func(t, y) takes a Python float and a tensor and returns a tensor of y's shape.
+    func(t, y) takes a time and a tensor and returns a tensor of y's shape. The time is
+    a Python float, or a 0-d tensor when t0 or t1 is a tensor that requires grad: the
+    gradient with respect to the integration times is then the exact one of the
+    discrete solve (step h = (t1 - t0) / steps), in every mode but adjoint.
     With ``return_all=True`` the result stacks the states at every step (steps + 1 of them).
 
     grad chooses how the gradient is computed:
@@ -211,9 +213,18 @@ def odeint(
     - ``"adjoint"``: solve the adjoint ODE backwards in time (Chen et al. 2018); needs only
       y(t1) but is NOT the exact gradient of the discrete solve.
 
-    The tensors func depends on are found without being listed: the parameters of func
-    when it is (or is bound to) an nn.Module, and every leaf tensor its first evaluation
-    uses; ``params`` adds any others.
+    direct, anode and revolve give the same gradients for any func: the backward runs
+    the graph autograd recorded in the forward, whose saved tensors anode and revolve
+    recompute (func must then compute the same thing when re-run: random numbers and
+    module buffers are replayed, Python state func changes itself is not). Tensor and
+    gradient-accumulator hooks fire as under direct. adjoint finds, from one recorded
+    forward, every leaf tensor requiring grad that func uses; a tensor computed outside
+    the solve that requires grad must be named in ``params`` (ignored by other modes).
+
+    Raises:
+        TypeError, ValueError: for a func, y0, time or option that is not as described.
+        RuntimeError: from backward, when anode or revolve find that the recompute did
+            not repeat the forward or that a tensor func used was modified in place.
     """
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
@@ -233,6 +244,5 @@ def odeint(
         memory_budget=memory_budget,
         return_all=return_all,
         params=params,
-        owner=func,
     )
     return out

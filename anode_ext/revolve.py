@@ -11,8 +11,16 @@ included) plus the one state being stepped. Steps recomputed without taping are
 Between two kept states the backward reverses the segment by the classic binomial
 rule: with ``beta(s, r) = C(s + r, s)`` and ``s`` = free checkpoints + 1, reversing
 ``l`` steps from a held state takes ``r * l - beta(s + 1, r - 1)`` advances, r the
-smallest integer with ``beta(s, r) >= l``. Which states the forward keeps is chosen
-by a small dynamic program over those segment costs (cached per (steps, checkpoints)).
+smallest integer with ``beta(s, r) >= l``.
+
+Which states the forward keeps follows from that cost in closed form. With c kept
+states the trajectory falls into c + 1 segments; the one reversed i-th from last has i
+checkpoints free (those of the segments before it are released by then), so the total
+is sum_i cost(L_i, i). Each cost is convex in the length, and the (L + 1)-th step of a
+segment with i free checkpoints adds r_i(L + 1) advances (r_i as above with s = i + 1),
+so at most ``beta(i + 1, R)`` of its steps cost R or less. Filling every segment up to
+the level R at which the capacities reach ``steps`` is therefore optimal, and takes
+O(checkpoints * R) arithmetic: a schedule for 10^5 steps is found in microseconds.
 """
 
 from __future__ import annotations
@@ -83,30 +91,25 @@ def _split(length: int, free: int) -> int:
 
 @functools.lru_cache(maxsize=256)
 def _kept_states(steps: int, checkpoints: int) -> tuple[tuple[int, ...], int]:
-    """The positions the forward keeps and the advances the backward then needs.
-
-    cost[k][l]: fewest advances to reverse the last l steps when their first state
-    is held and k checkpoints are free, choosing further forward-kept states in them.
-    """
+    """The positions the forward keeps and the advances the backward then needs."""
     depth = min(checkpoints, steps - 1)
-    cost = [[0] * (steps + 1) for _ in range(depth + 1)]
-    first_keep = [[0] * (steps + 1) for _ in range(depth + 1)]
-    for k in range(depth + 1):
-        for length in range(2, steps + 1):
-            best, keep = _segment_advances(length, k), 0
-            if k > 0:
-                for j in range(1, length):
-                    candidate = cost[k - 1][length - j] + _segment_advances(j, k)
-                    if candidate < best:
-                        best, keep = candidate, j
-            cost[k][length] = best
-            first_keep[k][length] = keep
-    kept, position, k = [], 0, depth
-    while k > 0 and first_keep[k][steps - position]:
-        position += first_keep[k][steps - position]
-        kept.append(position)
-        k -= 1
-    return tuple(kept), cost[depth][steps]
+    level = 0
+    while sum(_beta(i + 1, level) for i in range(depth + 1)) < steps:
+        level += 1
+    # Every segment takes the steps that cost less than `level`; the rest cost `level` each.
+    lengths = [_beta(i + 1, level - 1) for i in range(depth + 1)]
+    rest = steps - sum(lengths)
+    for i in range(depth, -1, -1):
+        take = min(_beta(i + 1, level) - lengths[i], rest)
+        lengths[i] += take
+        rest -= take
+    kept, position = [], 0
+    # The segment with the most free checkpoints comes first: it is reversed last.
+    for length in reversed(lengths[1:]):
+        position += length
+        if 0 < position < steps and (not kept or kept[-1] != position):
+            kept.append(position)
+    return tuple(kept), sum(_segment_advances(length, i) for i, length in enumerate(lengths))
 
 
 def _check_budget(memory_budget: int) -> None:
@@ -125,30 +128,40 @@ def optimal_advances(steps: int, checkpoints: int) -> int:
 class Schedule(NamedTuple):
     """Which states the forward keeps, and the backward's actions."""
 
+    steps: int
+    checkpoints: int
     kept: tuple[int, ...]
-    actions: list[Action]
+
+    def actions(self) -> Iterator[Action]:
+        """The backward's actions in order, generated as they are consumed (a schedule
+        of 10^5 steps has a few hundred thousand)."""
+        bounds = [0, *self.kept, self.steps]
+        for i in range(len(bounds) - 2, -1, -1):
+            yield from _reverse(bounds[i], bounds[i + 1], self.checkpoints - i)
+            if i > 0:
+                yield Action("release", bounds[i], bounds[i])
 
 
-def _reverse(start: int, end: int, free: int, actions: list[Action]) -> None:
-    """Append the classic binomial reversal of steps start .. end-1, the state at start held."""
+def _reverse(start: int, end: int, free: int) -> Iterator[Action]:
+    """The classic binomial reversal of steps start .. end-1, the state at start held."""
     work: list[tuple[str, int, int, int]] = [("reverse", start, end, free)]
     while work:
         kind, start, end, free = work.pop()
         if kind == "release":
-            actions.append(Action("release", start, start))
+            yield Action("release", start, start)
             continue
         length = end - start
         if length == 1:
-            actions.append(Action("backprop", start, start))
+            yield Action("backprop", start, start)
         elif free == 0:
             for i in range(end - 1, start - 1, -1):
                 if i > start:
-                    actions.append(Action("advance", start, i))
-                actions.append(Action("backprop", i, i))
+                    yield Action("advance", start, i)
+                yield Action("backprop", i, i)
         else:
             middle = start + _split(length, free)
-            actions.append(Action("advance", start, middle))
-            actions.append(Action("store", middle, middle))
+            yield Action("advance", start, middle)
+            yield Action("store", middle, middle)
             # Popped last-in first-out: the right part is reversed first.
             work.append(("reverse", start, middle, free))
             work.append(("release", middle, middle, 0))
@@ -158,14 +171,7 @@ def _reverse(start: int, end: int, free: int, actions: list[Action]) -> None:
 def schedule(steps: int, checkpoints: int) -> Schedule:
     """The optimal schedule for ``steps`` steps and ``checkpoints`` checkpoints."""
     _check(steps, checkpoints)
-    kept, _ = _kept_states(steps, checkpoints)
-    bounds = [0, *kept, steps]
-    actions: list[Action] = []
-    for i in range(len(bounds) - 2, -1, -1):
-        _reverse(bounds[i], bounds[i + 1], checkpoints - i, actions)
-        if i > 0:
-            actions.append(Action("release", bounds[i], bounds[i]))
-    return Schedule(kept, actions)
+    return Schedule(steps, checkpoints, _kept_states(steps, checkpoints)[0])
 
 
 def checkpoints_for_budget(memory_budget: int, state_bytes: int, steps: int) -> int:

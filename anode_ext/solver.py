@@ -1,7 +1,10 @@
 """Fixed-step explicit Runge–Kutta integration over a state made of several tensors.
 
 This module knows nothing of gradient modes: it runs the steps, under whatever
-autograd mode the caller chose. All stage arithmetic goes through rk_combine.
+autograd mode the caller chose. All stage arithmetic goes through rk_combine, except
+when the step size is a tensor that requires grad (learnable integration times), whose
+stage sums are formed with ordinary tensor operations so that autograd differentiates
+them with respect to h too.
 """
 
 from __future__ import annotations
@@ -26,17 +29,28 @@ _rk_combine = torch.ops.anode_ext.rk_combine.default
 # errors: the compiled one (csrc/python/solver_step.cpp), which eager code runs because
 # with a cheap func the Python bookkeeping of a step costs more than its arithmetic
 # (docs/design_decisions.md), and the Python one below, which torch.compile runs because
-# it can trace it. tests/test_solver_step.py holds the two to each other. The compiled
-# functions take tuples as they are (pybind11 converts any sequence) and None for no first_k.
+# it can trace it, and for a tensor step size. tests/test_solver_step.py holds the two to
+# each other. The compiled functions take tuples as they are (pybind11 converts any sequence).
+
+Time = float | Tensor
 
 
 def python_combine_stages(
-    state: State, ks: Sequence[State], which: tuple[int, ...], weights: tuple[float, ...], h: float
+    state: State, ks: Sequence[State], which: tuple[int, ...], weights: tuple[float, ...], h: Time
 ) -> State:
     """combine_stages in Python."""
     if not which:
         return state
+    if isinstance(h, Tensor):
+        return tuple(y + h * _weighted_sum([ks[j][m] for j in which], weights) for m, y in enumerate(state))
     return tuple(_rk_combine(y, [ks[j][m] for j in which], list(weights), h) for m, y in enumerate(state))
+
+
+def _weighted_sum(ks: list[Tensor], weights: tuple[float, ...]) -> Tensor:
+    total = ks[0] * weights[0]
+    for k, w in zip(ks[1:], weights[1:]):
+        total = total + k * w
+    return total
 
 
 def python_checked_derivative(derivative: Tensor | Sequence[Tensor], state: State) -> State:
@@ -63,15 +77,10 @@ def python_checked_derivative(derivative: Tensor | Sequence[Tensor], state: Stat
     return tuple(out)
 
 
-def python_rk_step(
-    func: StateFunc, t: float, h: float, state: State, tableau: Tableau, first_k: State | None = None
-) -> State:
+def python_rk_step(func: StateFunc, t: Time, h: Time, state: State, tableau: Tableau) -> State:
     """rk_step in Python."""
     ks: list[State] = []
     for i in range(tableau.stages):
-        if i == 0 and first_k is not None:
-            ks.append(first_k)
-            continue
         which, weights = tableau.terms[i]
         stage = python_combine_stages(state, ks, which, weights, h)
         ks.append(python_checked_derivative(func(t + tableau.c[i] * h, stage), state))
@@ -86,9 +95,9 @@ def _step_plan(tableau: Tableau) -> object:
     return _C.StepPlan(which, weights, list(tableau.c))
 
 
-def combine_stages(state: State, ks: Sequence[State], which: tuple[int, ...], weights: tuple[float, ...], h: float) -> State:
+def combine_stages(state: State, ks: Sequence[State], which: tuple[int, ...], weights: tuple[float, ...], h: Time) -> State:
     """``y + h * sum_j weights[j] * ks[which[j]]`` for each tensor y of the state."""
-    if torch.compiler.is_compiling():
+    if isinstance(h, Tensor) or torch.compiler.is_compiling():
         return python_combine_stages(state, ks, which, weights, h)
     return tuple(_C.combine_stages(state, ks, which, weights, h))
 
@@ -100,64 +109,56 @@ def checked_derivative(derivative: Tensor | Sequence[Tensor], state: State) -> S
     return tuple(_C.checked_derivative(derivative, state))
 
 
-def rk_step(
-    func: StateFunc,
-    t: float,
-    h: float,
-    state: State,
-    tableau: Tableau,
-    first_k: State | None = None,
-) -> State:
-    """One step of size h from (t, state); `first_k` is f(t, state) when already known."""
-    if torch.compiler.is_compiling():
-        return python_rk_step(func, t, h, state, tableau, first_k)
-    return tuple(_C.rk_step(func, t, h, state, _step_plan(tableau), first_k))
+def rk_step(func: StateFunc, t: Time, h: Time, state: State, tableau: Tableau) -> State:
+    """One step of size h from (t, state)."""
+    if isinstance(h, Tensor) or torch.compiler.is_compiling():
+        return python_rk_step(func, t, h, state, tableau)
+    return tuple(_C.rk_step(func, t, h, state, _step_plan(tableau)))
 
 
 @dataclass
 class Problem:
-    """A fixed-step solve of ``d(state)/dt = func(t, state)``: steps of size h from t0."""
+    """A fixed-step solve of ``d(state)/dt = func(t, state)``: steps of size h from t0.
+
+    t0 and h are floats, or 0-d tensors when the integration times are learnable; func
+    is then called with tensor times.
+    """
 
     func: StateFunc
     tableau: Tableau
-    t0: float
-    h: float
+    t0: Time
+    h: Time
     steps: int
     return_all: bool = False
 
-    def solve(self, state: State, first_k: State | None = None) -> State:
+    def solve(self, state: State) -> State:
         """The final state, or with return_all each state tensor stacked over steps 0..steps."""
-        states = self.run(state, first_k)
+        states = self.run(state)
         if not self.return_all:
             return states[-1]
         return tuple(torch.stack([s[m] for s in states]) for m in range(len(state)))
 
-    def run(self, state: State, first_k: State | None = None) -> list[State]:
+    def run(self, state: State) -> list[State]:
         """The states the solve passes through: every one from the initial state on with
         return_all, else only the last. The loop runs in C++ (its Python bookkeeping
-        costs a cheap func more than the step's arithmetic) except under torch.compile."""
-        if torch.compiler.is_compiling():
-            return self.run_stepwise(state, first_k)
-        states = _C.rk_solve(
-            self.func, self.t0, self.h, self.steps, state, _step_plan(self.tableau), first_k, self.return_all
-        )
+        costs a cheap func more than the step's arithmetic) except under torch.compile
+        and for tensor times."""
+        if isinstance(self.h, Tensor) or torch.compiler.is_compiling():
+            return self.run_stepwise(state)
+        states = _C.rk_solve(self.func, self.t0, self.h, self.steps, state, _step_plan(self.tableau), self.return_all)
         return [tuple(s) for s in states]
 
-    def run_stepwise(self, state: State, first_k: State | None = None) -> list[State]:
+    def run_stepwise(self, state: State) -> list[State]:
         """run, one call of `step` per step."""
         states = [state]
         for n in range(self.steps):
-            state = self.step(n, state, first_k if n == 0 else None)
+            state = self.step(n, state)
             if self.return_all:
                 states.append(state)
             else:
                 states = [state]
         return states
 
-    def step(self, n: int, state: State, first_k: State | None = None) -> State:
+    def step(self, n: int, state: State) -> State:
         """Step n: from the state at t0 + n h to the state at t0 + (n + 1) h."""
-        return rk_step(self.func, self.t0 + n * self.h, self.h, state, self.tableau, first_k)
-
-    def evaluate(self, n: int, state: State) -> State:
-        """func at step n's start, as the first stage of that step uses it."""
-        return checked_derivative(self.func(self.t0 + n * self.h, state), state)
+        return rk_step(self.func, self.t0 + n * self.h, self.h, state, self.tableau)

@@ -94,7 +94,7 @@ def test_schedule_is_valid_and_within_memory(steps, checkpoints):
     plan = revolve.schedule(steps, checkpoints)
     assert len(plan.kept) <= checkpoints
     held, work, taped, advances = {0, *plan.kept}, None, [], 0
-    for action in plan.actions:
+    for action in plan.actions():
         if action.kind == "advance":
             assert action.start in held or action.start == work
             advances += action.stop - action.start

@@ -39,8 +39,7 @@ def step_both_ways(monkeypatch, fn):
 
 @pytest.mark.parametrize("method", sorted(TABLEAUX))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("with_first_k", [False, True])
-def test_compiled_step_equals_python_step(monkeypatch, method, dtype, with_first_k):
+def test_compiled_step_equals_python_step(monkeypatch, method, dtype):
     torch.manual_seed(0)
     weight = torch.randn(5, 5, dtype=dtype, requires_grad=True)
     y = torch.randn(3, 5, dtype=dtype, requires_grad=True)
@@ -48,8 +47,7 @@ def test_compiled_step_equals_python_step(monkeypatch, method, dtype, with_first
     func = two_tensor_func(weight)
 
     def run():
-        first_k = tuple(func(0.25, (y, z))) if with_first_k else None
-        out = solver.rk_step(func, 0.25, 0.1, (y, z), TABLEAUX[method], first_k)
+        out = solver.rk_step(func, 0.25, 0.1, (y, z), TABLEAUX[method])
         grads = torch.autograd.grad(sum((o * (i + 1)).sum() for i, o in enumerate(out)), (y, z, weight))
         return [o.detach() for o in out], grads
 
@@ -59,8 +57,7 @@ def test_compiled_step_equals_python_step(monkeypatch, method, dtype, with_first
 
 
 @pytest.mark.parametrize("return_all", [False, True])
-@pytest.mark.parametrize("with_first_k", [False, True])
-def test_compiled_solve_equals_stepwise_solve(monkeypatch, return_all, with_first_k):
+def test_compiled_solve_equals_stepwise_solve(monkeypatch, return_all):
     torch.manual_seed(0)
     weight = torch.randn(5, 5, dtype=torch.float64, requires_grad=True)
     y = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
@@ -69,8 +66,7 @@ def test_compiled_solve_equals_stepwise_solve(monkeypatch, return_all, with_firs
     problem = solver.Problem(func, TABLEAUX["rk4"], 0.3, 0.1, 7, return_all)
 
     def run():
-        first_k = tuple(func(0.3, (y, z))) if with_first_k else None
-        out = problem.solve((y, z), first_k)
+        out = problem.solve((y, z))
         grads = torch.autograd.grad(sum((o * (i + 1)).sum() for i, o in enumerate(out)), (y, z, weight))
         return [o.detach() for o in out], grads
 

@@ -94,7 +94,9 @@ def step_overhead(
     dim: int = 16, hidden: int = 64, batch: int = 32, method: str = "rk4", steps: int = 100, repeats: int = 25
 ) -> dict[str, Any]:
     """Microseconds per step that a solver adds to the bare func evaluations, forward+backward
-    and forward only, for anode_ext (direct) and torchdiffeq.odeint, on one CPU thread.
+    and forward only, for anode_ext (direct) and torchdiffeq.odeint, on one CPU thread; and
+    what anode's recompute costs there against its floor (direct plus one forward without
+    a graph), as medians over rounds of the per-round ratios.
 
     The bare evaluations chain func as many times as the solve calls it (steps x stages),
     so they do the same matrix work; what is left is the solver's bookkeeping and
@@ -131,6 +133,8 @@ def step_overhead(
             variants[f"bare func, {kind}"] = lambda train=train: bare(train)
             for s in chosen:
                 variants[f"{s.name}, {kind}"] = lambda s=s, train=train: solve(s, train)
+        anode = Solver("anode", "anode_ext", "anode")
+        variants["anode, forward+backward"] = lambda: solve(anode, True)
         samples = compare_samples(variants, "cpu", warmup=2, repeats=repeats)
     finally:
         torch.set_num_threads(threads)
@@ -148,6 +152,7 @@ def step_overhead(
         "steps": steps,
         "us_per_step": {name: value / steps * 1e6 for name, value in seconds.items()},
         "overhead_us_per_step": overhead,
+        "recompute": _recompute_ratios(samples),
     }
     if torchdiffeq is not None:
         result["overhead_ratio"] = {
@@ -155,6 +160,21 @@ def step_overhead(
             for kind in ("forward+backward", "forward")
         }
     return result
+
+
+def _recompute_ratios(samples: dict[str, list[float]]) -> dict[str, Any]:
+    """anode and its floor (direct + forward without graph) over direct, each the median
+    over rounds of that round's ratio, and anode's excess over the floor likewise, with
+    the range of that excess over the rounds."""
+    rounds = list(zip(samples["anode, forward+backward"], samples["direct, forward+backward"],
+                      samples["direct, forward"], strict=True))
+    excess = sorted((a - d - f) / d for a, d, f in rounds)
+    return {
+        "anode_over_direct": statistics.median(a / d for a, d, _ in rounds),
+        "floor_over_direct": statistics.median((d + f) / d for _, d, f in rounds),
+        "anode_above_floor": statistics.median(excess),
+        "anode_above_floor_range": [excess[0], excess[-1]],
+    }
 
 
 def format_step_overhead(result: dict[str, Any]) -> str:
@@ -176,9 +196,15 @@ def format_step_overhead(result: dict[str, Any]) -> str:
             f"anode_ext overhead / torchdiffeq overhead: {ratio['forward+backward']:.2f} forward+backward, "
             f"{ratio['forward']:.2f} forward only",
         ]
+    recompute = result["recompute"]
     lines += [
         "",
         "Overhead: the median over rounds of the solve's time minus the bare func's time in the same round.",
+        "",
+        f"anode / direct = {recompute['anode_over_direct']:.2f}; recompute floor (direct + forward without "
+        f"graph) / direct = {recompute['floor_over_direct']:.2f}; anode above the floor: "
+        f"{recompute['anode_above_floor']:+.2f} of direct (medians of per-round ratios; range "
+        f"{recompute['anode_above_floor_range'][0]:+.2f} to {recompute['anode_above_floor_range'][1]:+.2f})",
     ]
     return "\n".join(lines)
 

@@ -8,7 +8,6 @@
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <algorithm>
-#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -138,18 +137,11 @@ py::tuple as_tuple(const Tensors& tensors) {
   return out;
 }
 
-// One step of size h from (t, state); first_k is func(t, state) when already known.
-Tensors rk_step(const py::object& func, double t, double h, const Tensors& state, const StepPlan& plan,
-                const std::optional<Tensors>& first_k) {
+// One step of size h from (t, state).
+Tensors rk_step(const py::object& func, double t, double h, const Tensors& state, const StepPlan& plan) {
   std::vector<Tensors> ks;
   ks.reserve(plan.stages());
   for (size_t i = 0; i < plan.stages(); ++i) {
-    if (i == 0 && first_k.has_value()) {
-      TORCH_CHECK(first_k->size() == state.size(), "rk_step: first_k has ", first_k->size(),
-                  " tensors for a state of ", state.size());
-      ks.push_back(*first_k);
-      continue;
-    }
     const Tensors stage = combine(state, ks, plan.which[i], plan.weights[i], h);
     const py::object derivative = func(t + plan.c[i] * h, as_tuple(stage));
     ks.push_back(checked_derivative(derivative, state));
@@ -161,7 +153,7 @@ Tensors rk_step(const py::object& func, double t, double h, const Tensors& state
 // state from the initial one on. The times t0 + n h are formed as the Python loop
 // forms them, so both see the same floats.
 std::vector<Tensors> rk_solve(const py::object& func, double t0, double h, int64_t steps, Tensors state,
-                              const StepPlan& plan, const std::optional<Tensors>& first_k, bool keep_all) {
+                              const StepPlan& plan, bool keep_all) {
   TORCH_CHECK(steps >= 0, "rk_solve: steps must be >= 0, got ", steps);
   std::vector<Tensors> states;
   if (keep_all) {
@@ -169,7 +161,7 @@ std::vector<Tensors> rk_solve(const py::object& func, double t0, double h, int64
     states.push_back(state);
   }
   for (int64_t n = 0; n < steps; ++n) {
-    state = rk_step(func, t0 + static_cast<double>(n) * h, h, state, plan, n == 0 ? first_k : std::nullopt);
+    state = rk_step(func, t0 + static_cast<double>(n) * h, h, state, plan);
     if (keep_all) {
       states.push_back(state);
     }
@@ -187,10 +179,9 @@ void bind_solver_step(py::module_& m) {
       .def(py::init<std::vector<std::vector<int64_t>>, std::vector<std::vector<double>>, std::vector<double>>(),
            py::arg("which"), py::arg("weights"), py::arg("c"));
   m.def("rk_step", &rk_step, py::arg("func"), py::arg("t"), py::arg("h"), py::arg("state"), py::arg("plan"),
-        py::arg("first_k") = py::none(),
         "One Runge-Kutta step of func(t, state) from (t, state): the next state as a list of tensors.");
   m.def("rk_solve", &rk_solve, py::arg("func"), py::arg("t0"), py::arg("h"), py::arg("steps"), py::arg("state"),
-        py::arg("plan"), py::arg("first_k") = py::none(), py::arg("keep_all") = false,
+        py::arg("plan"), py::arg("keep_all") = false,
         "steps Runge-Kutta steps from (t0, state): [final state], or with keep_all every state.");
   m.def("combine_stages", &combine, py::arg("state"), py::arg("ks"), py::arg("which"), py::arg("weights"),
         py::arg("h"), "y + h * sum_j weights[j] * ks[which[j]] for each tensor y of the state.");
