@@ -2,8 +2,10 @@
 
 - ``digits``: the 8x8 handwritten digits that ship inside scikit-learn (no download),
   upsampled to 32x32, one channel, with a fixed 80/20 train/test split;
-- ``cifar10`` / ``cifar100``: read from a local folder in the standard python-pickle
-  layout (nothing is downloaded), with random-crop and flip augmentation;
+- ``cifar10`` / ``cifar100``: read from a local folder holding the standard python-pickle
+  archive or the binary one (nothing is downloaded), with random-crop and flip
+  augmentation. The pickles are read through an allow-list of the few numpy types they
+  contain, so a crafted file cannot run code when it is read;
 - ``synthetic``: random images whose labels a small network can learn, for smoke tests.
 """
 
@@ -25,6 +27,13 @@ CIFAR_FILES = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10),
     "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100),
 }
+# The binary archives: folder, train files, test files, label bytes before each image
+# (CIFAR-100 has the coarse label, then the fine one, which is used), classes.
+CIFAR_BINARY_FILES = {
+    "cifar10": ("cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"], 1, 10),
+    "cifar100": ("cifar-100-binary", ["train.bin"], ["test.bin"], 2, 100),
+}
+IMAGE_BYTES = 3 * 32 * 32
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
@@ -66,17 +75,42 @@ def load_digits_dataset() -> Dataset:
     return Dataset("digits", images[~test], labels[~test], images[test], labels[test], 10, augment=False)
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what the CIFAR archives hold: dicts, lists, bytes, numbers and numpy
+    arrays. Any other global (a function a crafted file would call) is refused."""
+
+    # (module, name) pairs, with numpy's private module named by its last part: numpy 1
+    # writes numpy.core.multiarray, numpy 2 numpy._core.multiarray.
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("multiarray", "_reconstruct"),
+        ("multiarray", "scalar"),
+        ("numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        private = module.startswith(("numpy.core.", "numpy._core."))
+        key = (module.rsplit(".", 1)[-1] if private else module, name)
+        if key not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR batch file holds only numpy arrays")
+        if private:
+            module = ("numpy._core." if hasattr(np, "_core") else "numpy.core.") + key[0]
+        return super().find_class(module, name)
+
+
 def _read_pickle(path: str, label_key: bytes, expected: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _CifarUnpickler(f, encoding="bytes").load()
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[label_key], dtype=np.int64)
     except FileNotFoundError:
         raise FileNotFoundError(f"missing {path}; {expected}") from None
-    except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as error:
-        raise ValueError(f"{path} is not a CIFAR batch file ({error!r}); {expected}") from None
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+    except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError, AttributeError, IndexError) as error:
+        raise ValueError(f"{path} is not a CIFAR batch file ({error}); {expected}") from None
+    if data.ndim != 2 or data.shape[1] != IMAGE_BYTES or len(labels) != len(data):
         raise ValueError(
             f"{path} holds data of shape {data.shape} and {len(labels)} labels; expected (N, 3072) and N labels. "
             f"{expected}"
@@ -84,24 +118,54 @@ def _read_pickle(path: str, label_key: bytes, expected: str) -> tuple[np.ndarray
     return data, labels
 
 
+def _read_binary(path: str, label_bytes: int, expected: str) -> tuple[np.ndarray, np.ndarray]:
+    """A binary CIFAR file: records of `label_bytes` label bytes then 3072 image bytes."""
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"missing {path}; {expected}") from None
+    record = label_bytes + IMAGE_BYTES
+    if raw.size == 0 or raw.size % record:
+        raise ValueError(f"{path} holds {raw.size} bytes, not a whole number of {record}-byte records; {expected}")
+    records = raw.reshape(-1, record)
+    return records[:, label_bytes:], records[:, label_bytes - 1].astype(np.int64)
+
+
 def load_cifar(name: str, root: str) -> Dataset:
-    """CIFAR-10 or CIFAR-100 from `root`, which holds the extracted python-pickle archive."""
+    """CIFAR-10 or CIFAR-100 from `root`, which holds the extracted python-pickle archive
+    or the binary one (the python one is used when both are there).
+
+    Raises:
+        FileNotFoundError: neither archive (or one of its files) is under `root`.
+        ValueError: a file is not a CIFAR batch (a crafted pickle is refused unread).
+    """
     folder, train_files, test_files, label_key, classes = CIFAR_FILES[name]
-    base = os.path.join(root, folder)
+    bin_folder, bin_train, bin_test, label_bytes, _ = CIFAR_BINARY_FILES[name]
     expected = (
-        f"expected the python version of {name} extracted under {root}: "
-        f"{folder}/{{{', '.join(train_files + test_files)}}}"
+        f"expected {name} extracted under {root}: {folder}/{{{', '.join(train_files + test_files)}}} "
+        f"(python version) or {bin_folder}/{{{', '.join(bin_train + bin_test)}}} (binary version)"
     )
-    if not os.path.isdir(base):
-        raise FileNotFoundError(f"no folder {base}; {expected}")
+    if os.path.isdir(os.path.join(root, folder)):
+        base = os.path.join(root, folder)
+
+        def read_file(f: str) -> tuple[np.ndarray, np.ndarray]:
+            return _read_pickle(os.path.join(base, f), label_key, expected)
+    elif os.path.isdir(os.path.join(root, bin_folder)):
+        base = os.path.join(root, bin_folder)
+        train_files, test_files = bin_train, bin_test
+
+        def read_file(f: str) -> tuple[np.ndarray, np.ndarray]:
+            return _read_binary(os.path.join(base, f), label_bytes, expected)
+    else:
+        raise FileNotFoundError(f"no folder {os.path.join(root, folder)} or {os.path.join(root, bin_folder)}; {expected}")
 
     def read(files: list[str]) -> tuple[Tensor, Tensor]:
-        parts = [_read_pickle(os.path.join(base, f), label_key, expected) for f in files]
+        parts = [read_file(f) for f in files]
         data = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32)
         labels = np.concatenate([p[1] for p in parts])
         if labels.size and (labels.min() < 0 or labels.max() >= classes):
             raise ValueError(f"labels in {base} fall outside 0..{classes - 1}; {expected}")
-        images = torch.from_numpy(data).float() / 255.0
+        images = torch.from_numpy(np.ascontiguousarray(data)).float() / 255.0
         return _normalize(images, CIFAR_MEAN, CIFAR_STD), torch.from_numpy(labels)
 
     train_images, train_labels = read(train_files)

@@ -10,11 +10,12 @@ import torch
 from anode_ext.data import CIFAR_MEAN, CIFAR_STD, augment, load_dataset, synthetic_dataset
 
 
-def write_batch(path, n, label_key, classes, seed):
+def write_batch(path, n, label_key, classes, seed, protocol=2):
+    # Protocol 2 as the real archives (written by Python 2); the others as a user may re-save them.
     rng = np.random.default_rng(seed)
     batch = {b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8), label_key: rng.integers(0, classes, n).tolist()}
     with open(path, "wb") as f:
-        pickle.dump(batch, f)
+        pickle.dump(batch, f, protocol=protocol)
     return batch
 
 
@@ -48,7 +49,7 @@ def test_cifar100_reader(tmp_path):
 
 
 def test_missing_folder_names_the_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no folder .*cifar-10-batches-py.*data_batch_1, data_batch_2.*test_batch"):
+    with pytest.raises(FileNotFoundError, match=r"no folder .*cifar-10-batches-py or .*cifar-10-batches-bin.*data_batch_1, data_batch_2.*test_batch"):
         load_dataset("cifar10", str(tmp_path))
 
 
@@ -73,6 +74,65 @@ def test_malformed_files(tmp_path):
         pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 12]}, f)
     with pytest.raises(ValueError, match=r"labels .* fall outside 0..9"):
         load_dataset("cifar10", str(tmp_path))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_pickle_protocols(tmp_path, protocol):
+    folder = os.path.join(tmp_path, "cifar-100-python")
+    os.makedirs(folder)
+    train = write_batch(os.path.join(folder, "train"), 3, b"fine_labels", 100, 1, protocol)
+    write_batch(os.path.join(folder, "test"), 2, b"fine_labels", 100, 2, protocol)
+    data = load_dataset("cifar100", str(tmp_path))
+    assert data.train_labels.tolist() == train[b"fine_labels"]
+
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_pickle_is_refused_unread(tmp_path):
+    folder, _, _ = write_cifar10(str(tmp_path))
+    marker = tmp_path / "code_ran"
+    with open(os.path.join(folder, "data_batch_2"), "wb") as f:
+        pickle.dump({b"data": RunsCode(str(marker)), b"labels": [0]}, f)
+    with pytest.raises(ValueError, match=r"data_batch_2 is not a CIFAR batch file \(refused to load \S*system"):
+        load_dataset("cifar10", str(tmp_path))
+    assert not marker.exists()
+
+
+def write_binary(path, n, label_bytes, classes, seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, (n, label_bytes), dtype=np.uint8)
+    images = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    np.concatenate([labels, images], axis=1).tofile(path)
+    return labels[:, -1].tolist(), images
+
+
+def test_binary_archives(tmp_path):
+    folder = os.path.join(tmp_path, "cifar-10-batches-bin")
+    os.makedirs(folder)
+    train = [write_binary(os.path.join(folder, f"data_batch_{i}.bin"), 3, 1, 10, i) for i in range(1, 6)]
+    write_binary(os.path.join(folder, "test_batch.bin"), 2, 1, 10, 9)
+    data = load_dataset("cifar10", str(tmp_path))
+    assert data.train_images.shape == (15, 3, 32, 32) and data.test_images.shape == (2, 3, 32, 32)
+    assert data.train_labels.tolist() == sum((labels for labels, _ in train), [])
+    pixel = train[0][1][0, 0] / 255.0
+    assert data.train_images[0, 0, 0, 0].item() == pytest.approx((pixel - CIFAR_MEAN[0]) / CIFAR_STD[0], rel=1e-5)
+
+    folder = os.path.join(tmp_path, "cifar-100-binary")
+    os.makedirs(folder)
+    fine, _ = write_binary(os.path.join(folder, "train.bin"), 4, 2, 100, 1)
+    write_binary(os.path.join(folder, "test.bin"), 2, 2, 100, 2)
+    data = load_dataset("cifar100", str(tmp_path))
+    assert data.train_labels.tolist() == fine  # the fine label, the second byte
+    with open(os.path.join(folder, "test.bin"), "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match=r"test.bin holds 6149 bytes, not a whole number of 3074-byte records"):
+        load_dataset("cifar100", str(tmp_path))
 
 
 def test_unknown_dataset():

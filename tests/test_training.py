@@ -57,8 +57,8 @@ def test_two_epochs_equal_one_plus_resume_plus_one(tmp_path):
     second = replace(first, epochs=2)
     assert run_trainer(second, resume_from=os.path.join(first.out, "checkpoint.pt"))[0] == "finished"
 
-    a = torch.load(os.path.join(straight.out, "checkpoint.pt"), weights_only=False)
-    b = torch.load(os.path.join(second.out, "checkpoint.pt"), weights_only=False)
+    a = torch.load(os.path.join(straight.out, "checkpoint.pt"), weights_only=True)
+    b = torch.load(os.path.join(second.out, "checkpoint.pt"), weights_only=True)
     assert_same_state(a["model"], b["model"])
     assert a["epoch"] == b["epoch"] == 3
     for x, y in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
@@ -76,11 +76,11 @@ def test_stop_mid_epoch_then_resume_is_exact(tmp_path):
     os.makedirs(stopped.out)
     outcome, trainer = run_trainer(stopped, stop_after=(2, 2))
     assert outcome == "stopped"
-    state = torch.load(trainer.checkpoint_path, weights_only=False)
+    state = torch.load(trainer.checkpoint_path, weights_only=True)
     assert (state["epoch"], state["batch"]) == (2, 2)
     assert run_trainer(stopped, resume_from=trainer.checkpoint_path)[0] == "finished"
-    a = torch.load(os.path.join(straight.out, "checkpoint.pt"), weights_only=False)
-    b = torch.load(trainer.checkpoint_path, weights_only=False)
+    a = torch.load(os.path.join(straight.out, "checkpoint.pt"), weights_only=True)
+    b = torch.load(trainer.checkpoint_path, weights_only=True)
     assert_same_state(a["model"], b["model"])
     assert [comparable(r) for r in read_lines(os.path.join(straight.out, "metrics.jsonl"))] == [
         comparable(r) for r in read_lines(os.path.join(stopped.out, "metrics.jsonl"))
@@ -196,3 +196,79 @@ def test_digits_split():
     data = load_dataset("digits")
     assert data.train_images.shape == (1437, 1, 32, 32) and data.test_images.shape == (360, 1, 32, 32)
     assert data.num_classes == 10 and set(data.test_labels.tolist()) == set(range(10))
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a crafted checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_checkpoint_is_refused_unread(tmp_path):
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"config": {}, "model": _RunsCode(str(marker))}, path)
+    with pytest.raises(ValueError, match=r"refused: the file holds an object of type \S*system, not only tensors"):
+        checkpoint_module.load_checkpoint(str(path))
+    assert not marker.exists()
+    code, output = run_cli(*TINY_ARGS, "--resume", str(path), "--out", str(tmp_path / "run"))
+    assert code != 0 and "refused" in output and not marker.exists()
+
+
+def test_damaged_checkpoint_is_explained(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        checkpoint_module.load_checkpoint(str(path))
+    torch.save({"model": {}}, path)
+    with pytest.raises(ValueError, match="not an anode_ext training checkpoint .missing config"):
+        checkpoint_module.load_checkpoint(str(path))
+
+
+def poisoned(bad_sample):
+    """The synthetic data with a NaN in one training image."""
+    data = synthetic_dataset()
+    data.train_images = data.train_images.clone()
+    data.train_images[bad_sample, 0, 0, 0] = float("nan")
+    return data
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+    from anode_ext.training.loop import NonFiniteError
+
+    config = RunConfig(**TINY, epochs=2, out=str(tmp_path / "run"))
+    os.makedirs(config.out)
+    trainer = Trainer(config, synthetic_dataset(), Topology())
+    assert trainer.run() == "finished"
+    before = open(trainer.checkpoint_path, "rb").read()
+    again = Trainer(replace(config, epochs=3), poisoned(5), Topology())
+    again.restore(checkpoint_module.load_checkpoint(trainer.checkpoint_path))
+    with pytest.raises(NonFiniteError, match=r"at epoch 3, batch \d+ of 4; training stopped .* written at epoch 3, batch 0\) "
+                       r"is left as it was. Likely causes: a learning rate .*--lr 0.1"):
+        again.run()
+    assert open(trainer.checkpoint_path, "rb").read() == before
+    assert all(torch.isfinite(p).all() for p in again.model.parameters())
+
+
+def test_nonfinite_batches_can_be_skipped(tmp_path):
+    config = RunConfig(**TINY, epochs=1, out=str(tmp_path / "run"), skip_nonfinite=1)
+    os.makedirs(config.out)
+    trainer = Trainer(config, poisoned(5), Topology())
+    assert trainer.run() == "finished"
+    assert trainer.skipped_nonfinite == 1
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    record = read_lines(os.path.join(config.out, "metrics.jsonl"))[0]
+    assert record["train_loss"] == record["train_loss"]  # not NaN: the skipped batch is not counted
+    code, output = run_cli(*TINY_ARGS, "--skip-nonfinite", "-1", "--out", str(tmp_path / "other"))
+    assert code == 2 and "expected an integer >= 0, got -1" in output
+
+
+def test_cli_exits_nonzero_on_divergence(tmp_path):
+    out = str(tmp_path / "run")
+    code, output = run_cli(*TINY_ARGS, "--epochs", "1", "--lr", "1e30", "--out", out)
+    assert code == 1 and "non-finite loss or gradient at epoch 1, batch" in output
+    assert not os.path.exists(os.path.join(out, "checkpoint.pt"))

@@ -19,14 +19,24 @@ from ..odeint import GRAD_MODES
 from ..rda import REACTIONS
 from ..tableau import TABLEAUX
 from .checkpoint import check_same_architecture, load_checkpoint
-from .loop import RunConfig, Topology, Trainer
+from .loop import NonFiniteError, RunConfig, Topology, Trainer
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _positive_float(text: str) -> float:
@@ -73,6 +83,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="a checkpoint.pt to continue from")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--skip-nonfinite", type=_non_negative_int, default=0, metavar="N",
+                   help="skip up to N batches whose loss or gradient is not finite (default: stop at the first)")
     return p
 
 
@@ -113,7 +125,7 @@ def build_config(args: argparse.Namespace, num_classes: int, in_channels: int) -
         checkpoints=args.checkpoints, coupled=coupled, q=args.q, reaction=args.reaction, dataset=args.dataset,
         data_root=args.data_root, num_classes=num_classes, in_channels=in_channels, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-        seed=args.seed, out=args.out, progress=not args.no_progress,
+        seed=args.seed, out=args.out, progress=not args.no_progress, skip_nonfinite=args.skip_nonfinite,
     )
 
 
@@ -158,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         started = time.perf_counter()
-        outcome = trainer.run()
+        try:
+            outcome = trainer.run()
+        except NonFiniteError as error:
+            raise SystemExit(f"anode-train: {error}") from None
         if topo.main:
             if outcome == "stopped":
                 print(f"stopped: checkpoint written to {trainer.checkpoint_path}; continue with --resume "

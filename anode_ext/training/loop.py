@@ -51,6 +51,7 @@ class RunConfig:
     seed: int = 0
     out: str = "runs/default"
     progress: bool = True
+    skip_nonfinite: int = 0
 
     def milestones(self) -> list[int]:
         """Epochs after which the learning rate drops by 10 (halfway) and by 100 (three quarters)."""
@@ -72,6 +73,18 @@ class Topology:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+class NonFiniteError(RuntimeError):
+    """A batch gave a non-finite loss or gradient, and no more such batches may be skipped."""
+
+
+def _gradients_finite(model: nn.Module) -> bool:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return True
+    # One reduction and one host read for the whole model, not one per parameter.
+    return bool(torch.isfinite(torch.stack([g.detach().float().abs().sum() for g in grads]).sum()).item())
 
 
 class StopSignal:
@@ -163,6 +176,8 @@ class Trainer:
         )
         self.epoch, self.batch = 1, 0
         self.partial = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
+        self.skipped_nonfinite = 0
+        self.saved_at: tuple[int, int] | None = None
         self.metrics_path = os.path.join(config.out, "metrics.jsonl")
         self.checkpoint_path = os.path.join(config.out, "checkpoint.pt")
 
@@ -179,6 +194,8 @@ class Trainer:
             group["lr"] = group["initial_lr"] * self.scheduler.gamma**drops
         self.epoch, self.batch = state["epoch"], state["batch"]
         self.partial = dict(state["partial"])
+        self.skipped_nonfinite = int(state.get("skipped_nonfinite", 0))
+        self.saved_at = (self.epoch, self.batch)
         _set_rng_state(state["rng"], self.topo.device)
 
     def checkpoint(self) -> None:
@@ -194,9 +211,37 @@ class Trainer:
                 "epoch": self.epoch,
                 "batch": self.batch,
                 "partial": dict(self.partial),
+                "skipped_nonfinite": self.skipped_nonfinite,
                 "rng": _rng_state(self.topo.device),
             },
             self.checkpoint_path,
+        )
+        self.saved_at = (self.epoch, self.batch)
+
+    def _finite(self, loss: torch.Tensor, batch: int, total: int) -> bool:
+        """True when the loss and every gradient are finite (on every rank). Otherwise the
+        batch is skipped while --skip-nonfinite allows, else NonFiniteError is raised
+        before the optimizer step: the weights and the last checkpoint stay as they were."""
+        bad = not (torch.isfinite(loss).item() and _gradients_finite(self.model))
+        if _all_sum([1.0 if bad else 0.0], self.topo)[0] == 0:
+            return True
+        config = self.config
+        where = f"epoch {self.epoch}, batch {batch + 1} of {total}"
+        if self.skipped_nonfinite < config.skip_nonfinite:
+            self.skipped_nonfinite += 1
+            if self.topo.main:
+                print(f"anode-train: skipped {where}: non-finite loss or gradient "
+                      f"({self.skipped_nonfinite} of {config.skip_nonfinite} skips used)", flush=True)
+            return False
+        kept = (
+            f"the last checkpoint ({self.checkpoint_path}, written at epoch {self.saved_at[0]}, batch "
+            f"{self.saved_at[1]}) is left as it was" if self.saved_at else "no checkpoint had been written"
+        )
+        raise NonFiniteError(
+            f"non-finite loss or gradient at {where}; training stopped before the optimizer step and {kept}. "
+            f"Likely causes: a learning rate too high for this model (--lr {config.lr:g}); too few or too long "
+            f"ODE steps for a stable solve (--steps {config.steps}, --method {config.method}); NaN or infinite "
+            "values in the data. --skip-nonfinite N skips up to N such batches instead"
         )
 
     def _stop_requested(self, stop: StopSignal) -> bool:
@@ -261,6 +306,11 @@ class Trainer:
             logits = self.net(x)
             loss = F.cross_entropy(logits, y)
             loss.backward()
+            if not self._finite(loss, b, total):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.batch = b + 1
+                bar.update(1)
+                continue
             self.optimizer.step()
             loss_sum, correct, seen = _all_sum(
                 [loss.item() * len(y), (logits.argmax(1) == y).sum().item(), float(len(y))], topo
