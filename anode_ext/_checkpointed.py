@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ._recompute import BufferLog, BufferValues, CallerHooks, ForwardState, RngState
-from .revolve import Action, _emit, schedule
+from .revolve import Action, recorders, schedule
 from .solver import Problem, State
 
 DOUBLE_BACKWARD_MESSAGE = (
@@ -124,6 +124,12 @@ class CheckpointedSolve:
         self.actions: Iterator[Action] | None = None
         self.current: tuple[int, _Position] | None = None
         self.hooks = CallerHooks()
+        # Taken now: the backward may run later, or on an autograd worker thread.
+        self.recorders = recorders() if self.plan is not None else ()
+
+    def _emit(self, kind: str, position: int) -> None:
+        for events in self.recorders:
+            events.append((kind, position, len(self.positions)))
 
     # --- forward ---------------------------------------------------------------
 
@@ -135,8 +141,11 @@ class CheckpointedSolve:
             if self.plan is None:
                 self.requires.append(tuple(s.requires_grad for s in state))
                 with torch.autograd.graph.saved_tensors_hooks(self._pack_whole, self._unpack_whole):
-                    return self.problem.solve(state)
-            return self._forward_steps(state)
+                    out = self.problem.solve(state)
+            else:
+                out = self._forward_steps(state)
+        self.forward_state.forward_done()
+        return out
 
     def _keep(self, position: int, state: State, rng: RngState, buffers: BufferValues | None) -> None:
         for s in state:
@@ -146,7 +155,7 @@ class CheckpointedSolve:
     def _forward_steps(self, state: State) -> State:
         problem = self.problem
         kept = set(self.plan.kept)
-        _emit("store", 0, 1)
+        self._emit("store", 0)
         trajectory = [state]
         for n in range(problem.steps):
             self.segment = n
@@ -155,7 +164,7 @@ class CheckpointedSolve:
                 state = problem.step(n, state)
             if n + 1 in kept:
                 self._keep(n + 1, state, self.forward_state.rng_now(), self.buffers.values())
-                _emit("store", n + 1, len(self.positions))
+                self._emit("store", n + 1)
             if problem.return_all:
                 trajectory.append(state)
         if problem.return_all:
@@ -229,7 +238,7 @@ class CheckpointedSolve:
             else:
                 self._record(action.start, self._position_at(action.start))
                 self.current = None
-            _emit(action.kind, action.start, len(self.positions))
+            self._emit(action.kind, action.start)
             if action.kind == "backprop" and action.start == segment:
                 return True
         return False

@@ -36,6 +36,14 @@ class RngState:
         for device, state in zip(self.cuda_devices, self.cuda):
             torch.cuda.set_rng_state(state, device)
 
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, RngState)
+            and self.cuda_devices == other.cuda_devices
+            and torch.equal(self.cpu, other.cpu)
+            and all(torch.equal(a, b) for a, b in zip(self.cuda, other.cuda))
+        )
+
 
 def cuda_rng_devices(tensors: Iterable[Tensor]) -> list[int]:
     """The CUDA devices whose generators a recompute must replay.
@@ -64,6 +72,14 @@ class ForwardState:
             if kind == "cpu" or torch.cuda.is_available()
         ]
         self.autocast_cache = torch.is_autocast_cache_enabled()
+        self.draws = True
+
+    def forward_done(self) -> None:
+        """Note whether the forward drew random numbers. If it drew none, the recompute
+        draws none either and leaves the generators alone: the process-wide generators
+        are then never touched from a backward, which keeps other threads' random
+        streams (and so concurrent solves) undisturbed."""
+        self.draws = self.rng_now() != self.rng
 
     def rng_now(self) -> RngState:
         """The generators' state at this moment, on the devices of this forward."""
@@ -73,6 +89,9 @@ class ForwardState:
     def rng_replay(self, rng: RngState | None = None) -> Iterator[None]:
         """Run the body with the generators as they were at capture (or as `rng` holds
         them); the caller's RNG state is restored afterwards."""
+        if not self.draws:
+            yield
+            return
         with torch.random.fork_rng(devices=self.cuda_devices):
             (rng or self.rng).restore()
             yield

@@ -26,6 +26,7 @@ O(checkpoints * R) arithmetic: a schedule for 10^5 steps is found in microsecond
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import math
 import numbers
@@ -187,21 +188,26 @@ def checkpoints_for_budget(memory_budget: int, state_bytes: int, steps: int) -> 
     return int(max(1, min(count, steps - 1)))
 
 
-_recorders: list[list[tuple[str, int, int]]] = []
+Event = tuple[str, int, int]
+_recorders: contextvars.ContextVar[tuple[list[Event], ...]] = contextvars.ContextVar(
+    "anode_ext_revolve_recorders", default=()
+)
 
 
 @contextlib.contextmanager
-def record() -> Iterator[list[tuple[str, int, int]]]:
-    """Collect, for debugging and tests, every action a revolve block performs in the body:
-    ``(kind, position, checkpoints held after the action, block input included)``."""
-    events: list[tuple[str, int, int]] = []
-    _recorders.append(events)
+def record() -> Iterator[list[Event]]:
+    """Collect, for debugging and tests, every action that revolve blocks started in the
+    body perform (their backward included, even when it runs later or on another
+    thread): ``(kind, position, checkpoints held after the action, block input
+    included)``. Only solves started in this thread (this context) are recorded."""
+    events: list[Event] = []
+    token = _recorders.set((*_recorders.get(), events))
     try:
         yield events
     finally:
-        _recorders.remove(events)
+        _recorders.reset(token)
 
 
-def _emit(kind: str, position: int, held: int) -> None:
-    for events in _recorders:
-        events.append((kind, position, held))
+def recorders() -> tuple[list[Event], ...]:
+    """The event lists that a revolve solve starting now reports to (see record)."""
+    return _recorders.get()
