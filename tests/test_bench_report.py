@@ -8,7 +8,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from anode_ext.bench.cli import SECTIONS, main  # noqa: E402
+from anode_ext.bench.cli import DEFAULT_SECTIONS as SECTIONS  # noqa: E402
+from anode_ext.bench.cli import main  # noqa: E402
 
 
 def numbers(value):

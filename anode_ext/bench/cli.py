@@ -22,6 +22,7 @@ from .ops import format_rk4_table, rk4_combine_benchmark
 from .overhead import format_overhead, overhead_benchmark
 from .plots import plot_blocks, plot_reversibility
 from .reversibility import format_reversibility, reversibility
+from .soak import format_soak, soak
 from .revolve_table import format_revolve_table, revolve_table
 from .solver_costs import (
     adjoint_errors,
@@ -58,6 +59,7 @@ class Preset:
     step_overhead_steps: int = 100
     adjoint_error_steps: tuple[int, ...] = (1, 2, 4, 8)
     adjoint_error_block: dict[str, int] = field(default_factory=lambda: {"channels": 32, "image_size": 16, "batch": 2})
+    soak_steps: int = 10_000
 
 
 PRESETS = {
@@ -100,6 +102,7 @@ PRESETS = {
         step_overhead_steps=5,
         adjoint_error_steps=(1, 2),
         adjoint_error_block={"channels": 4, "image_size": 8, "batch": 1},
+        soak_steps=40,
     ),
 }
 
@@ -191,6 +194,16 @@ def reversibility_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str
     return rows, title, format_reversibility(rows)
 
 
+def soak_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
+    every = max(1, p.soak_steps // 20)
+    rows = soak(p.soak_steps, every)
+    title = (
+        f"Soak: {p.soak_steps} training steps of an ODE block per mode (CPU), resident memory and live "
+        f"tensors every {every} steps, growth from the first reading to the last"
+    )
+    return rows, title, format_soak(rows)
+
+
 SECTIONS: dict[str, Section] = {
     "ops": ops_section,
     "overhead": overhead_section,
@@ -202,7 +215,10 @@ SECTIONS: dict[str, Section] = {
     "coupled": coupled_section,
     "models": models_section,
     "reversibility": reversibility_section,
+    "soak": soak_section,
 }
+# Run only when named: the soak takes tens of minutes.
+DEFAULT_SECTIONS = [name for name in SECTIONS if name != "soak"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -218,8 +234,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     size.add_argument("--quick", action="store_true", help="the smallest sizes (a smoke test of the report)")
     parser.add_argument(
         "--sections",
-        default=",".join(SECTIONS),
-        help=f"comma-separated sections, from {', '.join(SECTIONS)} (default: all)",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma-separated sections, from {', '.join(SECTIONS)} (default: all but soak)",
     )
     args = parser.parse_args(argv)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
