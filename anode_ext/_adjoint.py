@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._checkpointed import refuse_double_backward, sequence_mark
+from ._checkpointed import refuse_double_backward
 from ._recompute import ForwardState, buffers_unchanged
 from .solver import Problem, State, checked_derivative, rk_step
 
@@ -25,26 +25,19 @@ def _zero_if_none(grads, like):
     return tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, like))
 
 
-def _record_dependencies(problem: Problem, state: State, named: Sequence[Tensor]) -> tuple[State, list[Tensor]]:
-    """Solve once with autograd recording (nothing saved) and read off the graph the
-    leaf tensors requiring grad that func used, at any step. Returns the outputs and
-    those tensors (with `named` added).
+def sequence_mark() -> int:
+    """A sequence number below that of every autograd node created from now on in this
+    thread, and above that of every node created before."""
+    with torch.enable_grad():
+        return torch.zeros((), requires_grad=True).view(1).grad_fn._sequence_nr() + 1
 
-    The adjoint integrates a gradient for each of them, so each must be an object this
-    code can name: a tensor computed outside the solve that requires grad (not a leaf)
-    is reachable only as a graph node, and is refused unless it is in `named`.
-    """
-    start = sequence_mark()
 
-    def never(_: object) -> Tensor:
-        raise RuntimeError("anode_ext: the dependency graph of grad='adjoint' was differentiated; this is a bug")
-
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: None, never):
-        inputs = tuple(s.detach().requires_grad_(s.requires_grad) for s in state)
-        outputs = problem.solve(inputs)
-    own = {id(t) for t in inputs}
+def _leaves(outputs: Sequence[Tensor], own: Sequence[Tensor], named: Sequence[Tensor], start: int) -> list[Tensor]:
+    """The leaf tensors requiring grad that `outputs` were computed from, other than
+    `own`; a ValueError for a non-leaf tensor from before `start` not in `named`."""
+    own_ids = {id(t) for t in own}
     named_nodes = {id(t.grad_fn) for t in named if t.grad_fn is not None}
-    found: dict[int, Tensor] = {id(t): t for t in named}
+    found: dict[int, Tensor] = {}
     stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
     seen: set[int] = set()
     while stack:
@@ -54,7 +47,7 @@ def _record_dependencies(problem: Problem, state: State, named: Sequence[Tensor]
         seen.add(id(node))
         variable = getattr(node, "variable", None)
         if isinstance(variable, Tensor):
-            if id(variable) not in own:
+            if id(variable) not in own_ids:
                 found.setdefault(id(variable), variable)
             continue
         if node._sequence_nr() < start:
@@ -65,7 +58,43 @@ def _record_dependencies(problem: Problem, state: State, named: Sequence[Tensor]
                 "need no such list"
             )
         stack.extend(n for n, _ in node.next_functions if n is not None)
-    return tuple(o.detach() for o in outputs), list(found.values())
+    return list(found.values())
+
+
+def _record_dependencies(problem: Problem, state: State, named: Sequence[Tensor]) -> tuple[State, list[Tensor]]:
+    """Solve once with autograd recording and read off the graph the
+    leaf tensors requiring grad that func used, at any step. Returns the outputs and
+    those tensors (with `named` added).
+
+    The adjoint integrates a gradient for each of them, so each must be an object this
+    code can name: a tensor computed outside the solve that requires grad (not a leaf)
+    is reachable only as a graph node, and is refused unless it is in `named`.
+    """
+    start = sequence_mark()
+    # A plain recorded forward: func may differentiate inside itself. The graph (and what
+    # it saves) goes when this function returns.
+    with torch.enable_grad():
+        inputs = tuple(s.detach().requires_grad_(s.requires_grad) for s in state)
+        outputs = problem.solve(inputs)
+    found = {id(t): t for t in named}
+    for t in _leaves(outputs, inputs, named, start):
+        found.setdefault(id(t), t)
+    # .data, not .detach(): a detached view of a graph's output, returned by the Function,
+    # could not be modified in place by the caller.
+    return tuple(o.data for o in outputs), list(found.values())
+
+
+def _check_same_dependencies(f: State, y: State, params: Sequence[Tensor], start: int) -> None:
+    """Refuse a backward in which func reaches leaf tensors the forward did not list (its
+    parameters swapped by torch.func.functional_call around the solve, say): their
+    gradient would be lost, and the listed ones would get zero."""
+    listed = {id(p) for p in params}
+    if any(id(t) not in listed for t in _leaves(f, y, params, start)):
+        raise RuntimeError(
+            "grad='adjoint': in backward func depends on other tensors than in the forward (parameters "
+            "swapped in by torch.func.functional_call around the solve, or a changed attribute), so their "
+            "gradient cannot be integrated; keep what func uses unchanged until backward, or use grad='direct'"
+        )
 
 
 def solve_adjoint(problem: Problem, state: State, forward_state: ForwardState, named: Sequence[Tensor]) -> State:
@@ -110,12 +139,18 @@ class AdjointFunction(torch.autograd.Function):
         )
         augmented: State = (*final, *adjoint, *(torch.zeros_like(p) for p in params))
 
+        checked = []
+
         def dynamics(t: float, aug: State) -> State:
             y, a = aug[:n], aug[n:2 * n]
             with torch.enable_grad():
                 y = tuple(v.detach().requires_grad_(True) for v in y)
+                start = sequence_mark()
                 with ctx.forward_state.autocast():
                     f = checked_derivative(problem.func(t, y), y)
+                if not checked:
+                    _check_same_dependencies(f, y, params, start)
+                    checked.append(True)
                 live = [(o, g) for o, g in zip(f, a) if o.requires_grad]
                 if live:
                     vjp = torch.autograd.grad([o for o, _ in live], (*y, *params), [g for _, g in live], allow_unused=True)

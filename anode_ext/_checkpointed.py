@@ -1,13 +1,14 @@
 """grad='anode' and grad='revolve': a solve whose saved tensors are recomputed in backward.
 
 The forward records the graph of the whole solve, as grad='direct' does, but under
-saved-tensor hooks that keep nothing of what the graph's nodes save: each saved tensor
-is replaced by its index. The backward that autograd then runs is the graph of the
-direct solve, so the gradient reaches every tensor func used (parameters found by no
-list, tensors captured by closures, the state itself, tensors of the rest of the
-model, the integration times) and every tensor or gradient-accumulator hook fires as
-it would under direct. When a node asks for a saved tensor, the solve is re-run from a
-kept state, under the forward's RNG, autocast and module-buffer state, to produce it:
+saved-tensor hooks that keep nothing of what the graph's nodes save beyond the solve
+(or, for revolve, beyond each step): each saved tensor is replaced by its index. The
+backward that autograd then runs is the graph of the direct solve, so the gradient
+reaches every tensor func used (parameters found by no list, tensors captured by
+closures, the state itself, tensors of the rest of the model, the integration times)
+and every tensor or gradient-accumulator hook fires as it would under direct. When a
+node asks for a saved tensor, the solve is re-run from a kept state, under the
+forward's RNG, autocast and module state (buffers, train/eval mode), to produce it:
 
 - anode (Gholami et al. 2019, Sec. 3) keeps only the block input and recomputes all
   steps at the first request: O(steps) memory for the block being differentiated;
@@ -15,23 +16,28 @@ kept state, under the forward's RNG, autocast and module-buffer state, to produc
   step in turn from the nearest one by the binomial schedule of ``anode_ext.revolve``
   (Griewank & Walther 2000), holding one step's saved tensors at a time.
 
-The recompute must perform the same operations as the forward: func may draw random
-numbers and read and update module buffers, but not branch on Python state it
-changes itself (a call counter, say). A different number of saved tensors, or a saved
-tensor modified in place since the forward, raises an error; a different computation
-with the same shapes cannot be seen.
+A recompute is only valid if it repeats the forward. It is checked to: each saved
+tensor must have the shape and dtype it had, a tensor from outside the solve that
+requires grad must be the same object, and the recomputed states must equal the
+forward's (a fingerprint of each). A tensor from outside modified in place since the
+forward is refused too. What changes the computation between forward and backward
+(Python state func reads, parameters swapped by torch.func.functional_call, random
+numbers from other generators) therefore raises an error instead of giving another
+gradient.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
-from ._recompute import BufferLog, BufferValues, CallerHooks, ForwardState, RngState
+from ._library import _C
+from ._recompute import BufferValues, CallerHooks, ForwardState, ModuleState, RngState, reachable_modules
 from .revolve import Action, recorders, schedule
 from .solver import Problem, State
 
@@ -41,6 +47,22 @@ DOUBLE_BACKWARD_MESSAGE = (
     "higher-order derivatives"
 )
 
+IN_PLACE_MESSAGE = (
+    "grad='{mode}': {what} was modified by an in-place operation after the forward used it, so the "
+    "recompute would see other values; {fix}"
+)
+
+NOT_REPEATED_MESSAGE = (
+    "grad='{mode}': the recompute in backward did not repeat the forward ({what}). The backward "
+    "re-runs func with the forward's random state, autocast state, module buffers and train/eval "
+    "modes; anything else func depends on must not change between forward and backward: Python "
+    "attributes it reads (a conditioning input set before each forward, say), parameters swapped in "
+    "by torch.func.functional_call around the solve, random numbers from other generators than "
+    "torch's default ones (or drawn by another thread at the same time), a lazy module's first call, "
+    "a TorchScript module whose executor re-optimizes its graph during its first calls. "
+    "Use grad='direct' for such a func"
+)
+
 
 def refuse_double_backward(mode: str) -> None:
     """Raise when a recompute-based backward is itself being recorded for differentiation."""
@@ -48,10 +70,32 @@ def refuse_double_backward(mode: str) -> None:
         raise RuntimeError(DOUBLE_BACKWARD_MESSAGE.format(mode=mode))
 
 
-IN_PLACE_MESSAGE = (
-    "grad='{mode}': {what} was modified by an in-place operation after the forward used it, so the "
-    "recompute would see other values; {fix}"
-)
+def fingerprint(state: State) -> Tensor:
+    """Sum and sum of squares of each state tensor, in float64, left on the state's
+    device (read only in backward): equal for equal states, and almost surely different
+    for states that are not."""
+    with torch.no_grad():
+        # Accumulated in float64 without a float64 copy of the state.
+        return torch.stack([
+            torch.stack([s.sum(dtype=torch.float64), torch.linalg.vector_norm(s, dtype=torch.float64).square()])
+            for s in state
+        ])
+
+
+def same_fingerprint(a: Tensor, b: Tensor, state: State) -> bool:
+    """True when two fingerprints agree to the rounding of their sums: bitwise on the
+    CPU, within a few ulps of the state's dtype where a GPU reduces in another order.
+    Non-finite states compare equal (their sums say nothing)."""
+    if a.device.type == "meta" or torch.equal(a, b):
+        return True
+    for (sum_a, squares_a), (sum_b, squares_b), s in zip(a.tolist(), b.tolist(), state):
+        n = max(s.numel(), 1)
+        tol = 8 * torch.finfo(s.dtype).eps * math.sqrt(n)
+        size = max(squares_a, squares_b)
+        # |sum| <= sqrt(n * sum of squares), so that bounds the sum's rounding too.
+        if abs(squares_a - squares_b) > tol * size or abs(sum_a - sum_b) > tol * math.sqrt(n * size):
+            return False
+    return True
 
 
 class _Versions:
@@ -59,15 +103,13 @@ class _Versions:
     place. Held weakly: a tensor nobody else holds cannot have been modified."""
 
     def __init__(self) -> None:
-        self.entries: dict[int, tuple[weakref.ref, int]] = {}
+        self.entries: list[tuple[weakref.ref, int]] = []
 
     def note(self, t: Tensor) -> None:
-        entry = self.entries.get(id(t))
-        if entry is None or entry[0]() is not t:
-            self.entries[id(t)] = (weakref.ref(t), t._version)
+        self.entries.append((weakref.ref(t), t._version))
 
     def check(self, mode: str, what: str, fix: str) -> None:
-        for ref, version in self.entries.values():
+        for ref, version in self.entries:
             t = ref()
             if t is not None and t._version != version:
                 raise RuntimeError(IN_PLACE_MESSAGE.format(mode=mode, what=what, fix=fix))
@@ -75,57 +117,68 @@ class _Versions:
 
 class _Position:
     """A state held inside the solve through the caller's saved-tensor hooks (so memory
-    accounting sees it as it sees what a plain forward saves), with the RNG and
-    module-buffer state there."""
+    accounting sees it as it sees what a plain forward saves), with the RNG and module
+    state there. It is read back through the hooks once, then kept as read."""
 
     def __init__(self, state: State, rng: RngState, buffers: BufferValues | None, hooks: CallerHooks) -> None:
         self.packed = [hooks.keep(s) for s in state]
         self.hooks = hooks
         self.rng = rng
         self.buffers = buffers
+        self._read: State | None = None
 
     @property
     def state(self) -> State:
-        return tuple(self.hooks.restore(p) for p in self.packed)
+        if self._read is None:
+            self._read = tuple(self.hooks.restore(p) for p in self.packed)
+        return self._read
 
 
-class _Pass:
-    """The saved tensors of one recomputed segment (packed by the caller's hooks of that
-    moment), released as autograd takes them."""
-
-    def __init__(self, hooks: CallerHooks) -> None:
-        self.hooks = hooks
-        self.saved: list[object] = []
-        self.versions: list[int] = []
-        self.left = 0
+def _is_outside(t: Tensor) -> bool:
+    """A leaf requiring grad: a tensor the user made, which a recompute meets again."""
+    return t.requires_grad and t.is_leaf
 
 
 class CheckpointedSolve:
-    """One forward solve in mode anode (checkpoints=None) or revolve, and its recompute."""
+    """One forward solve in mode anode (checkpoints=None) or revolve, and its recompute.
 
-    def __init__(self, problem: Problem, forward_state: ForwardState, checkpoints: int | None) -> None:
+    The saved-tensor hooks themselves are methods of an ``anode_ext._C.SavedLedger``
+    (csrc/python/saved_ledger.cpp), which keeps, per segment (the whole solve for anode,
+    one step for revolve), what the forward saved and what a recompute saves again; it
+    calls back `_recompute` when a tensor it must hand to autograd is not there.
+    """
+
+    def __init__(self, problem: Problem, forward_state: ForwardState, checkpoints: int | None,
+                 owner: Callable) -> None:
         self.problem = problem
         self.forward_state = forward_state
         self.mode = "anode" if checkpoints is None else "revolve"
         self.plan = None if checkpoints is None else schedule(problem.steps, checkpoints)
-        self.buffers = BufferLog()
+        self._ledger: Callable[[], object] = lambda: None
+        self.modules = ModuleState()
+        self.modules.note_trees(reachable_modules(owner))
         self.positions: dict[int, _Position] = {}
+        # Per segment: requires_grad of its input, and which of its input tensors were
+        # the user's own (a recompute's copy of them counts as them), and a fingerprint
+        # of its output.
         self.requires: list[tuple[bool, ...]] = []
-        # Tensors from outside the solve that func used (or the solve holds), whose
-        # in-place modification before the backward would make the recompute differ.
+        self.inputs_seen: list[tuple[Tensor | None, ...]] = []
+        self.fingerprints: dict[int, Tensor] = {}
+        # The states the solve keeps: modified in place before the backward, they would
+        # make the recompute differ.
         self.inputs = _Versions()
-        self.outside = _Versions()
-        # Per segment (the whole solve for anode, one step for revolve): how many
-        # tensors the forward saved, then the recomputed tensors.
-        self.forward_counts: dict[int, int] = {}
-        self.passes: dict[int, _Pass] = {}
-        self.segment = 0
-        self.start = 0
         self.actions: Iterator[Action] | None = None
         self.current: tuple[int, _Position] | None = None
         self.hooks = CallerHooks()
         # Taken now: the backward may run later, or on an autograd worker thread.
         self.recorders = recorders() if self.plan is not None else ()
+
+    @property
+    def ledger(self):
+        """The ledger, held by autograd's graph (through the hooks); it holds this solve
+        (through the callback), not the other way round, so that no reference cycle
+        through an object the garbage collector cannot see keeps either alive."""
+        return self._ledger()
 
     def _emit(self, kind: str, position: int) -> None:
         for events in self.recorders:
@@ -136,14 +189,8 @@ class CheckpointedSolve:
     def forward(self, state: State) -> State:
         """Run the solve, recording its graph without its saved tensors."""
         self._keep(0, state, self.forward_state.rng, None)
-        self.start = sequence_mark()
-        with self.buffers.watch():
-            if self.plan is None:
-                self.requires.append(tuple(s.requires_grad for s in state))
-                with torch.autograd.graph.saved_tensors_hooks(self._pack_whole, self._unpack_whole):
-                    out = self.problem.solve(state)
-            else:
-                out = self._forward_steps(state)
+        with self.modules.watch():
+            out = self._forward_steps(state)
         self.forward_state.forward_done()
         return out
 
@@ -153,17 +200,23 @@ class CheckpointedSolve:
         self.positions[position] = _Position(state, rng, buffers, self.hooks)
 
     def _forward_steps(self, state: State) -> State:
+        """The steps one by one, so that what they save is dropped after each: one segment
+        for anode (recomputed as a whole), one per step for revolve."""
         problem = self.problem
-        kept = set(self.plan.kept)
+        per_step = self.plan is not None
+        kept = set(self.plan.kept) if per_step else set()
         self._emit("store", 0)
         trajectory = [state]
         for n in range(problem.steps):
-            self.segment = n
-            self.requires.append(tuple(s.requires_grad for s in state))
-            with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
+            if per_step or n == 0:
+                self._segment_starts(n, state)
+            with torch.autograd.graph.saved_tensors_hooks(self.ledger.pack, self.ledger.unpack):
                 state = problem.step(n, state)
+            self.ledger.release_live()
+            if per_step or n == problem.steps - 1:
+                self._segment_done(n if per_step else 0, state)
             if n + 1 in kept:
-                self._keep(n + 1, state, self.forward_state.rng_now(), self.buffers.values())
+                self._keep(n + 1, state, self.forward_state.rng_now(), self.modules.values())
                 self._emit("store", n + 1)
             if problem.return_all:
                 trajectory.append(state)
@@ -171,56 +224,30 @@ class CheckpointedSolve:
             return tuple(torch.stack([s[m] for s in trajectory]) for m in range(len(state)))
         return state
 
-    def _pack(self, t: Tensor) -> tuple[int, int]:
-        """Saved tensor -> (step, index): revolve recomputes one step at a time."""
-        return self.segment, self._pack_whole(t)
+    def _segment_starts(self, segment: int, state: State) -> None:
+        self.ledger.start_segment(segment)
+        self.requires.append(tuple(s.requires_grad for s in state))
+        self.inputs_seen.append(tuple(s if _is_outside(s) else None for s in state))
 
-    def _pack_whole(self, t: Tensor) -> int:
-        """Saved tensor -> index within its segment; only a note of tensors from outside."""
-        if t.requires_grad:
-            # A view (the transposed weight a linear layer saves) shares its base's
-            # version counter: the base is what lives on and may be modified.
-            base = t._base if t._is_view() else t
-            node = base.grad_fn
-            if node is None or node._sequence_nr() < self.start:
-                self.outside.note(base)
-        index = self.forward_counts.get(self.segment, 0)
-        self.forward_counts[self.segment] = index + 1
-        return index
+    def _segment_done(self, segment: int, out: State) -> None:
+        self.ledger.end_segment(segment)  # its saved tensors go: the backward recomputes them
+        self.fingerprints[segment] = fingerprint(out)
 
     # --- backward --------------------------------------------------------------
 
-    def _unpack_whole(self, index: int) -> Tensor:
-        return self._unpack((0, index))
-
-    def _unpack(self, key: tuple[int, int]) -> Tensor:
-        refuse_double_backward(self.mode)
-        segment, index = key
-        recomputed = self.passes.get(segment)
-        if recomputed is None or recomputed.saved[index] is None:
-            recomputed = self._recompute(segment)
-        packed, recomputed.saved[index] = recomputed.saved[index], None
-        recomputed.left -= 1
-        if recomputed.left == 0:
-            del self.passes[segment]
-        t = recomputed.hooks.restore(packed)
-        if t._version != recomputed.versions[index]:
-            raise RuntimeError(IN_PLACE_MESSAGE.format(
-                mode=self.mode, what="a tensor that func saved for backward",
-                fix="compute it out of place, as grad='direct' would require"))
-        return t
-
-    def _recompute(self, segment: int) -> _Pass:
+    def _recompute(self, segment: int) -> None:
+        """Record step `segment` again (the whole solve for anode); the ledger's callback."""
         self.inputs.check(self.mode, "the state the solve started from (or one it kept)",
                           "modify a copy instead, in func and after the solve")
-        self.outside.check(self.mode, "a tensor func used",
-                           "call backward before modifying it (an optimizer step, say), as grad='direct' requires")
+        if not self.ledger.outside_unchanged():
+            raise RuntimeError(IN_PLACE_MESSAGE.format(
+                mode=self.mode, what="a tensor func used",
+                fix="call backward before modifying it (an optimizer step, say), as grad='direct' requires"))
         self.hooks = CallerHooks()
         if self.plan is None:
             self._record(0, self.positions[0], whole=True)
         elif not self._follow_schedule(segment):
-            self._record_from_nearest(segment)
-        return self.passes[segment]
+            self._record_out_of_order(segment)
 
     def _follow_schedule(self, segment: int) -> bool:
         """Carry out the revolve schedule until step `segment` is recorded; False when
@@ -243,6 +270,30 @@ class CheckpointedSolve:
                 return True
         return False
 
+    def _record_out_of_order(self, segment: int) -> None:
+        """Step `segment` outside the schedule. Its last step asked for again (a second
+        backward through a retained graph) starts the schedule over; any other step is
+        recomputed from the nearest state held."""
+        if segment == self.problem.steps - 1:
+            self._restart()
+            if self._follow_schedule(segment):
+                return
+        nearest = max(p for p in self.positions if p <= segment)
+        origin = self.positions[nearest]
+        if nearest < segment:
+            origin = self._advance(origin, nearest, segment)
+        self._record(segment, origin)
+
+    def _restart(self) -> None:
+        """Hold again the states the forward kept, stepping from the input (the schedule
+        released them), and start the schedule over."""
+        self.positions = {0: self.positions[0]}
+        origin, at = self.positions[0], 0
+        for position in self.plan.kept:
+            origin = self._advance(origin, at, position)
+            self.positions[position], at = origin, position
+        self.actions, self.current = None, None
+
     def _position_at(self, position: int) -> _Position:
         if self.current is not None and self.current[0] == position:
             return self.current[1]
@@ -251,63 +302,62 @@ class CheckpointedSolve:
     def _advance(self, origin: _Position, start: int, stop: int) -> _Position:
         """The state at `stop`, stepped from `origin` at `start` without recording."""
         state = origin.state
-        with self._replaying(origin), torch.no_grad():
+        # A func that differentiates inside itself needs its stage inputs to require grad as
+        # in the forward: then each step is recorded (and its graph dropped), else nothing is.
+        with self._replaying(origin), torch.set_grad_enabled(self.ledger.differentiates_inside):
             for n in range(start, stop):
+                state = tuple(s.detach().requires_grad_(r) for s, r in zip(state, self.requires[n]))
                 state = self.problem.step(n, state)
-            return _Position(state, self.forward_state.rng_now(), self.buffers.values(), self.hooks)
-
-    def _record_from_nearest(self, segment: int) -> None:
-        nearest = max(p for p in self.positions if p <= segment)
-        origin = self.positions[nearest]
-        if nearest < segment:
-            origin = self._advance(origin, nearest, segment)
-        self._record(segment, origin)
+            state = tuple(s.detach() for s in state)
+            return _Position(state, self.forward_state.rng_now(), self.modules.values(), self.hooks)
 
     @contextlib.contextmanager
     def _replaying(self, origin: _Position) -> Iterator[None]:
-        with self.forward_state.rng_replay(origin.rng), self.buffers.replay(origin.buffers), \
-                self.forward_state.autocast():
+        with self.forward_state.rng_replay(origin.rng), self.modules.replay(origin.buffers), \
+                self.forward_state.autocast(), self._hooks_unchanged():
             yield
 
+    @contextlib.contextmanager
+    def _hooks_unchanged(self) -> Iterator[None]:
+        """Remove, after the body, the hooks it registered on tensors from outside (func
+        registering a hook on a parameter at each call registers it again when re-run)."""
+        tensors = self.ledger.outside_tensors()
+        for module, _ in self.modules.modules.values():
+            tensors += list(module.parameters(recurse=False))
+        before = [(t, dict(t._backward_hooks or {}), dict(getattr(t, "_post_accumulate_grad_hooks", None) or {}))
+                  for t in tensors]
+        try:
+            yield
+        finally:
+            for t, hooks, post in before:
+                for registry, kept in ((t._backward_hooks, hooks), (getattr(t, "_post_accumulate_grad_hooks", None), post)):
+                    for key in [k for k in (registry or {}) if k not in kept]:
+                        del registry[key]
+
     def _record(self, first: int, origin: _Position, whole: bool = False) -> None:
-        """Re-run step `first` (with whole=True, the whole solve) with autograd
-        recording, keeping what its nodes save."""
-        recomputed = _Pass(self.hooks)
-
-        def keep(t: Tensor) -> None:
-            recomputed.saved.append(recomputed.hooks.keep(t))
-            recomputed.versions.append(t._version)
-
-        def refuse(_: object) -> Tensor:
-            raise RuntimeError("anode_ext: a recomputed graph was differentiated; this is a bug")
-
+        """Re-run step `first` (with whole=True, the whole solve) with autograd recording,
+        the ledger keeping what its nodes save, and check that it repeated the forward."""
         state = origin.state
-        with self._replaying(origin), torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(keep, refuse):
+        with self._replaying(origin), torch.enable_grad():
             state = tuple(s.detach().requires_grad_(r) for s, r in zip(state, self.requires[first]))
-            if whole:
-                self.problem.solve(state)
-            else:
-                self.problem.step(first, state)
-        expected = self.forward_counts.get(first, 0)
-        if len(recomputed.saved) != expected:
-            raise RuntimeError(
-                f"grad='{self.mode}': func saved {len(recomputed.saved)} tensors for backward when "
-                f"recomputed but {expected} in the forward, so the recompute did not repeat the forward. "
-                "func must compute the same thing when called again with the same random state and module "
-                "buffers (it must not branch on Python state it changes itself); use grad='direct' for "
-                "such a func"
-            )
-        recomputed.left = expected
-        self.passes[first] = recomputed
+            self.ledger.begin_record(first, list(zip(state, self.inputs_seen[first])), self.hooks.pack,
+                                     self.hooks.unpack)
+            with torch.autograd.graph.saved_tensors_hooks(self.ledger.keep, self.ledger.kept):
+                out = self.problem.solve(state) if whole else self.problem.step(first, state)
+        if whole and self.problem.return_all:
+            out = tuple(o[-1] for o in out)
+        differs = self.ledger.finish_record()
+        if not differs and not same_fingerprint(fingerprint(out), self.fingerprints[first], out):
+            differs = "the recomputed states differ from the forward's"
+        if differs:
+            raise RuntimeError(NOT_REPEATED_MESSAGE.format(mode=self.mode, what=differs))
 
 
-def sequence_mark() -> int:
-    """A sequence number below that of every autograd node created from now on in this
-    thread, and above that of every node created before."""
-    with torch.enable_grad():
-        return torch.zeros((), requires_grad=True).view(1).grad_fn._sequence_nr() + 1
-
-
-def solve_checkpointed(problem: Problem, state: State, forward_state: ForwardState, checkpoints: int | None) -> State:
-    """Solve `problem` from `state` in mode anode (checkpoints=None) or revolve."""
-    return CheckpointedSolve(problem, forward_state, checkpoints).forward(state)
+def solve_checkpointed(problem: Problem, state: State, forward_state: ForwardState, checkpoints: int | None,
+                       owner: Callable) -> State:
+    """Solve `problem` from `state` in mode anode (checkpoints=None) or revolve; `owner`
+    is the user's callable, whose modules' state the recompute replays."""
+    solve = CheckpointedSolve(problem, forward_state, checkpoints, owner)
+    ledger = _C.SavedLedger(solve._recompute, solve.mode)
+    solve._ledger = weakref.ref(ledger)
+    return solve.forward(state)

@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
+import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -111,27 +113,36 @@ class ForwardState:
             yield
 
 
-BufferValues = dict[int, Tensor]
+BufferKey = tuple[int, str]
+BufferValues = dict[BufferKey, Tensor]
 
 
-class BufferLog:
-    """The module buffers a forward solve uses, with their values along the way.
+class ModuleState:
+    """The module state a forward solve runs with: buffers and train/eval flags.
 
-    While ``watch()`` is on, a module forward pre-hook notes each module's own buffers
-    the first time the module runs in this thread, with the value they have then: the
-    value at the start of the solve, whatever func is (a module, a closure over
-    modules, a function using a global model). ``values()`` copies the current values
-    of the buffers seen so far, for positions inside the solve.
+    Modules are noted when the solve starts (the module tree of every module the user's
+    func is, is bound to or closes over) and, while ``watch()`` is on, at their first
+    call in this thread (any other module func reaches). Each buffer is noted as
+    (module, name) with its value then, each module with its ``training`` flag.
+    ``values()`` copies the current values, for positions inside the solve.
     """
 
     def __init__(self) -> None:
         self.thread = threading.get_ident()
-        self.buffers: dict[int, Tensor] = {}
+        self.modules: dict[int, tuple[nn.Module, bool]] = {}
+        self.buffers: dict[BufferKey, tuple[nn.Module, str]] = {}
+        self.objects: dict[BufferKey, Tensor] = {}
         self.initial: BufferValues = {}
+
+    def note_trees(self, roots: Iterable[nn.Module]) -> None:
+        """Note every module in the trees of `roots`, as they are now."""
+        for root in roots:
+            for module in root.modules():
+                self._note(module)
 
     @contextlib.contextmanager
     def watch(self) -> Iterator[None]:
-        """Note the buffers of every module that runs in the body."""
+        """Note every module that runs in the body (in this thread)."""
         handle = nn.modules.module.register_module_forward_pre_hook(self._first_use)
         try:
             yield
@@ -139,49 +150,132 @@ class BufferLog:
             handle.remove()
 
     def _first_use(self, module: nn.Module, args: object) -> None:
-        if not module._buffers or threading.get_ident() != self.thread:
+        if id(module) not in self.modules and threading.get_ident() == self.thread:
+            self._note(module)
+
+    def _note(self, module: nn.Module) -> None:
+        if id(module) in self.modules:
             return
-        for buffer in module._buffers.values():
-            if buffer is not None and id(buffer) not in self.buffers:
-                self.buffers[id(buffer)] = buffer
-                self.initial[id(buffer)] = buffer.detach().clone()
+        self.modules[id(module)] = (module, module.training)
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                key = (id(module), name)
+                self.buffers[key] = (module, name)
+                self.objects[key] = buffer
+                self.initial[key] = buffer.detach().clone()
 
     def values(self) -> BufferValues:
-        """The current values of every buffer seen so far."""
-        return {key: buffer.detach().clone() for key, buffer in self.buffers.items()}
+        """The current values of every buffer noted so far."""
+        return {key: self._current(key).detach().clone() for key in self.buffers}
+
+    def _current(self, key: BufferKey) -> Tensor:
+        module, name = self.buffers[key]
+        return module._buffers[name]
 
     @contextlib.contextmanager
     def replay(self, values: BufferValues | None = None) -> Iterator[None]:
-        """Run the body with the buffers as `values` holds them (those it lacks, and
-        all without `values`, as they were at the start of the solve); afterwards put
-        back what they held before the body.
+        """Run the body with the modules as the forward ran them: each buffer a fresh copy
+        of its value in `values` (those it lacks, and all without `values`, as at the
+        start of the solve), each module in the train/eval mode of the forward.
+        Afterwards every module holds again the very buffer objects and mode it held
+        before the body, untouched: what the recompute did to the copies is dropped.
 
-        Written through ``.data`` so that neither change bumps a version counter:
-        saved-tensor checks elsewhere in the graph see no modification, as there is
-        none once the body is over.
+        A buffer is replaced as an object, so a module that reassigns its buffer (an
+        exponential average written ``self.b = 0.9 * self.b + ...``) replays as well as
+        one that updates it in place. A scripted module's buffers are copied into instead.
         """
-        before = self.values()
         values = values or {}
-        self._load({key: values.get(key, self.initial[key]) for key in self.buffers})
+        held = {key: self._current(key) for key in self.buffers}
+        modes = {key: module.training for key, (module, _) in self.modules.items()}
+        written = {}
+        for key, (module, name) in self.buffers.items():
+            value = values.get(key, self.initial[key])
+            if isinstance(module, torch.jit.ScriptModule):
+                written[key] = held[key].detach().clone()
+                held[key].data.copy_(value)
+            else:
+                module._buffers[name] = value.clone()
+        for module, training in self.modules.values():
+            module.training = training
         try:
             yield
         finally:
-            self._load(before)
+            for key, (module, name) in self.buffers.items():
+                if key in written:
+                    held[key].data.copy_(written[key])
+                else:
+                    module._buffers[name] = held[key]
+            for key, (module, _) in self.modules.items():
+                module.training = modes.get(key, module.training)
 
-    def _load(self, values: BufferValues) -> None:
-        for key, value in values.items():
-            self.buffers[key].data.copy_(value)
+
+    def restore_initial(self) -> None:
+        """Give every noted module back the buffer object it held when noted, with the
+        value it had then (undoing in-place updates and reassignments alike)."""
+        for key, (module, name) in self.buffers.items():
+            original = self.objects[key]
+            original.data.copy_(self.initial[key])
+            if not isinstance(module, torch.jit.ScriptModule):
+                module._buffers[name] = original
 
 
 @contextlib.contextmanager
 def buffers_unchanged() -> Iterator[None]:
-    """Undo, on exit, every change this thread's module calls make to module buffers."""
-    log = BufferLog()
-    with log.watch():
-        try:
+    """Undo, on exit, every change this thread's module calls make to module buffers
+    (modules that run in the body are noted at their first call)."""
+    state = ModuleState()
+    try:
+        with state.watch():
             yield
-        finally:
-            log._load(log.initial)
+    finally:
+        state.restore_initial()
+
+
+def reachable_modules(func: object, depth: int = 3) -> list[nn.Module]:
+    """The modules a callable is, is bound to, or holds: through bound methods, partials,
+    closure cells and the globals its code names, `depth` levels deep. The recompute
+    replays the state of their whole trees, also of modules whose forward started before
+    the solve (a bound method of the model that calls odeint)."""
+    found: dict[int, nn.Module] = {}
+    seen: set[int] = set()
+
+    def visit(obj: object, level: int) -> None:
+        if level < 0 or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, nn.Module):
+            found.setdefault(id(obj), obj)
+            return
+        if isinstance(obj, functools.partial):
+            for item in (obj.func, *obj.args, *obj.keywords.values()):
+                visit(item, level - 1)
+            return
+        self_ = getattr(obj, "__self__", None)
+        if self_ is not None and not isinstance(self_, type):
+            visit(self_, level - 1)
+        function = getattr(obj, "__func__", obj)
+        code = getattr(function, "__code__", None)
+        if code is not None:
+            for cell in getattr(function, "__closure__", None) or ():
+                try:
+                    visit(cell.cell_contents, level - 1)
+                except ValueError:  # an empty cell
+                    pass
+            names = getattr(function, "__globals__", {})
+            for name in code.co_names:
+                if name in names:
+                    visit(names[name], level - 1)
+            return
+        if isinstance(obj, (type, types.ModuleType)) or not hasattr(obj, "__dict__"):
+            return
+        # A plain object (a callable class instance): what it holds, and its __call__.
+        for value in vars(obj).values():
+            visit(value, level - 1)
+        if hasattr(getattr(type(obj), "__call__", None), "__code__"):
+            visit(obj.__call__, level - 1)
+
+    visit(func, depth)
+    return list(found.values())
 
 
 class CallerHooks:

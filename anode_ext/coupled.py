@@ -29,11 +29,16 @@ __all__ = ["CoupledODEBlock", "evolving_weights"]
 
 
 def evolving_weights(func: nn.Module) -> list[str]:
-    """Names of the weights that evolve by default: those of every Conv and Linear layer."""
-    names = []
-    for prefix, module in func.named_modules():
+    """Names of the weights that evolve by default: those of every nn.Conv1d, nn.Conv2d and
+    nn.Linear layer (not transposed convolutions), each once under the name
+    ``named_parameters()`` gives it (a weight tied between layers evolves once)."""
+    canonical = {id(p): name for name, p in func.named_parameters()}
+    names: list[str] = []
+    for module in func.modules():
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)) and module.weight is not None:
-            names.append(f"{prefix}.weight" if prefix else "weight")
+            name = canonical.get(id(module.weight))
+            if name is not None and name not in names:
+                names.append(name)
     return names
 
 
@@ -143,7 +148,7 @@ class CoupledODEBlock(nn.Module):
         thetas = tuple(params[name] for name in self.weight_names)
         t0, t1 = check_time(self.t0, "t0"), check_time(self.t1, "t1")
         problem = _CoupledProblem(_JointDynamics(self), self.tableau, t0, (t1 - t0) / self.steps, self.steps)
-        (z, *_) = solve_problem(problem, (x, *thetas), self.grad, self.checkpoints, self.memory_budget, ())
+        (z, *_) = solve_problem(problem, (x, *thetas), self.grad, self.checkpoints, self.memory_budget, (), self)
         return z
 
     def extra_repr(self) -> str:

@@ -27,6 +27,8 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def check_time(value: object, name: str) -> Time:
     """A time as a float, or as a 0-d floating tensor when it requires grad (a learnable
     integration time); a ValueError for anything else."""
+    if not isinstance(value, (Tensor, numbers.Real)) and getattr(value, "size", None) == 1 and hasattr(value, "item"):
+        value = value.item()  # a one-element array (NumPy's 0-d arrays are not numbers.Real)
     if isinstance(value, Tensor):
         if value.numel() != 1 or not value.is_floating_point():
             raise ValueError(f"{name} must be a real number or a one-element floating tensor, got {value!r}")
@@ -98,13 +100,15 @@ def solve(
     memory_budget: int | None = None,
     return_all: bool = False,
     params: Iterable[Tensor] = (),
+    owner: Callable | None = None,
 ) -> State:
-    """Solve for a state made of several tensors; `func(t, state)` returns a tuple."""
+    """Solve for a state made of several tensors; `func(t, state)` returns a tuple.
+    `owner` is the user's callable (default func), whose modules' state a recompute replays."""
     tableau = get_tableau(method)
     steps = check_steps(steps)
     t0, t1 = check_time(t0, "t0"), check_time(t1, "t1")
     problem = Problem(func, tableau, t0, (t1 - t0) / steps, steps, bool(return_all))
-    return solve_problem(problem, state, grad, checkpoints, memory_budget, params)
+    return solve_problem(problem, state, grad, checkpoints, memory_budget, params, owner or func)
 
 
 def solve_problem(
@@ -114,8 +118,10 @@ def solve_problem(
     checkpoints: int | None,
     memory_budget: int | None,
     params: Iterable[Tensor],
+    owner: Callable,
 ) -> State:
-    """Run `problem` from `state` with the gradient mode `grad`."""
+    """Run `problem` from `state` with the gradient mode `grad`; `owner` is the user's
+    callable, whose modules' state a recompute replays."""
     _, grad = check_solve_options(problem.steps, grad, checkpoints, memory_budget)
     named = _check_params(params)
     if grad == "direct" or not torch.is_grad_enabled():
@@ -126,7 +132,7 @@ def solve_problem(
             if memory_budget is None
             else checkpoints_for_budget(memory_budget, _state_bytes(state), problem.steps)
         )
-    return _solve_with_recompute(problem, state, grad, checkpoints, named)
+    return _solve_with_recompute(problem, state, grad, checkpoints, named, owner)
 
 
 def _check_params(params: Iterable[Tensor]) -> list[Tensor]:
@@ -161,12 +167,13 @@ def _solve_with_recompute(
     grad: str,
     checkpoints: int | None,
     named: Sequence[Tensor],
+    owner: Callable,
 ) -> State:
     # Captured before the first evaluation, which the backward replays.
     forward_state = ForwardState(state)
     if grad == "adjoint":
         return solve_adjoint(problem, state, forward_state, named)
-    return solve_checkpointed(problem, state, forward_state, checkpoints if grad == "revolve" else None)
+    return solve_checkpointed(problem, state, forward_state, checkpoints if grad == "revolve" else None, owner)
 
 
 class _OnTensor:
@@ -232,6 +239,8 @@ def odeint(
         raise TypeError(f"y0 must be a tensor, got {type(y0).__name__}")
     if y0.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"y0 has dtype {y0.dtype}; expected float16, bfloat16, float32 or float64")
+    if y0.is_nested or y0.layout != torch.strided:
+        raise ValueError(f"y0 is a {'nested' if y0.is_nested else y0.layout} tensor; expected a dense (strided) tensor")
     (out,) = solve(
         _OnTensor(func),
         (y0,),
@@ -244,5 +253,6 @@ def odeint(
         memory_budget=memory_budget,
         return_all=return_all,
         params=params,
+        owner=func,
     )
     return out

@@ -65,6 +65,14 @@ def python_checked_derivative(derivative: Tensor | Sequence[Tensor], state: Stat
     for i, (k, y) in enumerate(zip(derivative, state)):
         if not isinstance(k, Tensor):
             raise TypeError(f"func must return tensors; element {i} is {type(k).__name__}")
+        if k.is_nested or k.is_quantized or k.layout != torch.strided:
+            kind = "nested" if k.is_nested else "quantized" if k.is_quantized else ""
+            raise RuntimeError(f"func returned a{kind} {k.layout} tensor; dy/dt must be a dense (strided) tensor")
+        if not k.is_floating_point():
+            raise RuntimeError(
+                f"func returned a tensor of dtype {str(k.dtype).removeprefix('torch.').capitalize()}; dy/dt must be "
+                "a floating tensor (float16, bfloat16, float32 or float64)"
+            )
         if k.shape != y.shape:
             raise RuntimeError(
                 f"func returned shape {tuple(k.shape)} for a state of shape {tuple(y.shape)}; "

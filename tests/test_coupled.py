@@ -162,3 +162,20 @@ def test_errors():
 def test_repr():
     text = repr(make_block(grad="revolve", checkpoints=2))
     assert "steps=3, method=rk4, grad=revolve, q=RDA, evolving=2, checkpoints=2" in text
+
+
+def test_tied_weights_evolve_once():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(4, 4), nn.Linear(4, 4)
+            self.l2.weight = self.l1.weight
+
+        def forward(self, t, x):
+            return self.l2(torch.tanh(self.l1(x)))
+
+    assert evolving_weights(Tied()) == ["l1.weight"]
+    block = CoupledODEBlock(Tied(), steps=2).double()
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    block(x).sum().backward()
+    assert x.grad is not None

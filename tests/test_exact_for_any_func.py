@@ -271,7 +271,7 @@ def test_func_that_does_not_repeat_itself_is_refused(grad, checkpoints):
 
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     out = odeint(func, x, steps=3, method="rk4", grad=grad, checkpoints=checkpoints)
-    with pytest.raises(RuntimeError, match="the recompute did not repeat the forward"):
+    with pytest.raises(RuntimeError, match="the recompute in backward did not repeat the forward"):
         out.sum().backward()
 
 

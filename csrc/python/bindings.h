@@ -9,4 +9,7 @@ namespace anode_ext {
 // The Runge–Kutta step loop (solver_step.cpp).
 void bind_solver_step(pybind11::module_& m);
 
+// The saved-tensor bookkeeping of the recomputing gradient modes (saved_ledger.cpp).
+void bind_saved_ledger(pybind11::module_& m);
+
 }  // namespace anode_ext

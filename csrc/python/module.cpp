@@ -1,6 +1,7 @@
 // The Python module anode_ext._C: loading it registers the torch.ops.anode_ext
 // ops (csrc/ops.cpp and the kernels); it also records how the library was
-// built (set by setup.py) and holds the solver's step loop.
+// built (set by setup.py) and holds the solver's step loop and the saved-tensor
+// bookkeeping of the recomputing gradient modes.
 
 #include "bindings.h"
 
@@ -25,4 +26,5 @@ PYBIND11_MODULE(_C, m) {
   m.attr("openmp") = 0;
 #endif
   anode_ext::bind_solver_step(m);
+  anode_ext::bind_saved_ledger(m);
 }

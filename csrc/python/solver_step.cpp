@@ -116,6 +116,15 @@ Tensors checked_derivative(const py::handle& derivative, const Tensors& state) {
     }
     const at::Tensor& k = THPVariable_Unpack(items[i].ptr());
     const at::Tensor& y = state[i];
+    if (k.is_nested() || k.is_quantized() || k.layout() != at::kStrided) {
+      std::ostringstream kind;
+      kind << (k.is_nested() ? "nested" : k.is_quantized() ? "quantized" : "") << " " << k.layout();
+      throw std::runtime_error("func returned a" + kind.str() + " tensor; dy/dt must be a dense (strided) tensor");
+    }
+    if (!at::isFloatingType(k.scalar_type())) {
+      throw std::runtime_error(std::string("func returned a tensor of dtype ") + c10::toString(k.scalar_type()) +
+                               "; dy/dt must be a floating tensor (float16, bfloat16, float32 or float64)");
+    }
     if (k.sizes() != y.sizes()) {
       throw std::runtime_error("func returned shape " + python_shape(k.sizes()) + " for a state of shape " +
                                python_shape(y.sizes()) + "; dy/dt must have the state's shape");

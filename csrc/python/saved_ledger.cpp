@@ -1,0 +1,320 @@
+// The per-saved-tensor bookkeeping of grad='anode' and grad='revolve'
+// (anode_ext/_checkpointed.py has the design). Its methods are the saved-tensor
+// hooks themselves: with a cheap func, a hook body written in Python (and the Python
+// objects it keeps) cost more than the operation that saved the tensor.
+//
+// For each segment of a solve (the whole solve for anode, one step for revolve) the
+// ledger holds, from the forward, each saved tensor's shape, dtype and the leaf
+// requiring grad it is or views; the tensors themselves only while the segment's
+// forward runs. A recompute records the segment's tensors again, which are compared
+// with the forward's and handed to autograd one by one.
+
+#include <c10/util/SmallVector.h>
+#include <torch/csrc/autograd/grad_mode.h>
+#include <torch/csrc/autograd/python_variable.h>
+
+#include <optional>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "bindings.h"
+
+namespace anode_ext {
+namespace {
+
+namespace py = pybind11;
+using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+
+// The leaf requiring grad that `t` is or views (a parameter, a tensor the user made),
+// or an undefined tensor. A recompute must meet the very same objects again.
+at::Tensor outside_of(const at::Tensor& t) {
+  if (!t.requires_grad()) {
+    return at::Tensor();
+  }
+  const at::Tensor base = t.is_view() ? at::Tensor(t._base()) : t;
+  return base.is_leaf() ? base : at::Tensor();
+}
+
+struct Meta {
+  c10::SmallVector<int64_t, 5> sizes;
+  at::ScalarType dtype;
+  std::optional<WeakImpl> outside;
+};
+
+struct Segment {
+  std::vector<Meta> meta;     // from the forward
+  std::vector<at::Tensor> live;  // the forward's tensors, while the segment's forward runs
+  bool running = false;
+  // The latest recompute: tensors (or what the caller's hooks made of them), their
+  // versions when saved, and how many autograd has not taken yet.
+  std::vector<at::Tensor> tensors;
+  std::vector<py::object> packed;
+  std::vector<uint32_t> versions;
+  std::vector<bool> taken;
+  size_t left = 0;
+  bool recorded = false;
+};
+
+class SavedLedger {
+ public:
+  SavedLedger(py::object recompute, std::string mode) : recompute_(std::move(recompute)), mode_(std::move(mode)) {}
+
+  // --- the forward ---------------------------------------------------------------
+
+  void start_segment(int64_t segment) {
+    if (static_cast<size_t>(segment) >= segments_.size()) {
+      segments_.resize(segment + 1);
+    }
+    current_ = segment;
+    segments_[segment].running = true;
+  }
+
+  void end_segment(int64_t segment) {
+    Segment& s = segments_.at(segment);
+    s.running = false;
+    release_live();
+  }
+
+  // Drops the tensors the running segment's forward saved so far: called after each
+  // step, since func can only differentiate through what it saved within a step.
+  void release_live() {
+    std::vector<at::Tensor>().swap(segments_.at(current_).live);
+  }
+
+  int64_t pack(const at::Tensor& t) {
+    Segment& s = segments_[current_];
+    Meta m{c10::SmallVector<int64_t, 5>(t.sizes().begin(), t.sizes().end()), t.scalar_type(), std::nullopt};
+    const at::Tensor outside = outside_of(t);
+    if (outside.defined()) {
+      m.outside = WeakImpl(outside.getIntrusivePtr());
+      note_version(outside);
+    }
+    s.meta.push_back(std::move(m));
+    s.live.push_back(t);
+    return encode(current_, s.meta.size() - 1);
+  }
+
+  // --- the backward --------------------------------------------------------------
+
+  at::Tensor unpack(int64_t key) {
+    const int64_t segment = key >> kIndexBits;
+    const size_t index = static_cast<size_t>(key & kIndexMask);
+    Segment& s = segments_.at(segment);
+    if (s.running) {
+      // func differentiates inside itself while the forward runs: the tensor is there
+      // (saved in this step; the live tensors are numbered from the segment's start).
+      differentiates_inside_ = true;
+      return s.live.at(index - (s.meta.size() - s.live.size()));
+    }
+    if (torch::autograd::GradMode::is_enabled()) {
+      throw std::runtime_error("grad='" + mode_ +
+                               "' computes its gradient by recomputation inside backward and cannot be "
+                               "differentiated again (double backward / create_graph=True); use grad='direct' "
+                               "for higher-order derivatives");
+    }
+    if (!s.recorded || s.taken.at(index)) {
+      recompute_(segment);
+    }
+    Segment& r = segments_.at(segment);  // the callback may have grown the vector
+    r.taken[index] = true;
+    at::Tensor t = r.packed.empty() ? std::move(r.tensors[index])
+                                    : THPVariable_Unpack(restore_(r.packed[index]).ptr());
+    const uint32_t version = r.versions[index];
+    if (!r.packed.empty()) {
+      r.packed[index] = py::object();
+    }
+    if (--r.left == 0) {
+      release(r);
+    }
+    if (t._version() != version) {
+      throw std::runtime_error("grad='" + mode_ +
+                               "': a tensor that func saved for backward was modified by an in-place operation "
+                               "after func used it, so autograd would see other values; compute it out of place, "
+                               "as grad='direct' would require");
+    }
+    return t;
+  }
+
+  // Starts recording segment `segment` again. `copies` pairs each tensor the recompute
+  // starts from with the forward's tensor it stands for (or None): a copy of an input
+  // counts as that input. `pack` and `unpack` are the caller's saved-tensor hooks, or None.
+  void begin_record(int64_t segment, const std::vector<std::pair<at::Tensor, py::object>>& copies,
+                    py::object pack, py::object unpack) {
+    Segment& s = segments_.at(segment);
+    release(s);
+    recording_ = segment;
+    keep_ = std::move(pack);
+    restore_ = std::move(unpack);
+    copies_.clear();
+    for (const auto& [copy, original] : copies) {
+      copies_[copy.unsafeGetTensorImpl()] =
+          original.is_none() ? at::Tensor() : THPVariable_Unpack(original.ptr());
+    }
+    mismatch_.clear();
+  }
+
+  int64_t keep(const at::Tensor& t) {
+    Segment& s = segments_.at(recording_);
+    const size_t index = s.versions.size();
+    compare(s, index, t);
+    if (keep_.is_none()) {
+      s.tensors.push_back(t);
+    } else {
+      s.packed.push_back(keep_(py::reinterpret_steal<py::object>(THPVariable_Wrap(t))));
+    }
+    s.versions.push_back(t._version());
+    return static_cast<int64_t>(index);
+  }
+
+  // A tensor of the recompute asked for inside it (func differentiating inside itself).
+  at::Tensor kept(int64_t index) {
+    Segment& s = segments_.at(recording_);
+    return s.packed.empty() ? s.tensors.at(index) : THPVariable_Unpack(restore_(s.packed.at(index)).ptr());
+  }
+
+  // Ends the recording; "" when it repeated the forward, else what differed.
+  std::string finish_record() {
+    Segment& s = segments_.at(recording_);
+    copies_.clear();
+    if (mismatch_.empty() && s.versions.size() != s.meta.size()) {
+      mismatch_ = "func saved " + std::to_string(s.versions.size()) + " tensors for backward, against " +
+                  std::to_string(s.meta.size()) + " in the forward";
+    }
+    if (!mismatch_.empty()) {
+      release(s);
+      return mismatch_;
+    }
+    s.taken.assign(s.versions.size(), false);
+    s.left = s.versions.size();
+    s.recorded = true;
+    if (s.left == 0) {
+      release(s);
+    }
+    return "";
+  }
+
+  // True when no tensor from outside that func saved was modified in place since.
+  bool outside_unchanged() const {
+    for (const auto& [impl, entry] : outside_versions_) {
+      const auto alive = entry.first.lock();
+      if (alive && alive.get() == impl && alive->version_counter().current_version() != entry.second) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  // The tensors from outside that func saved, those still alive.
+  std::vector<at::Tensor> outside_tensors() const {
+    std::vector<at::Tensor> out;
+    for (const auto& [impl, entry] : outside_versions_) {
+      auto alive = entry.first.lock();
+      if (alive && alive.get() == impl) {
+        out.emplace_back(std::move(alive));
+      }
+    }
+    return out;
+  }
+
+  bool differentiates_inside() const { return differentiates_inside_; }
+
+ private:
+  static constexpr int kIndexBits = 40;
+  static constexpr int64_t kIndexMask = (int64_t(1) << kIndexBits) - 1;
+
+  static int64_t encode(int64_t segment, size_t index) {
+    return (segment << kIndexBits) | static_cast<int64_t>(index);
+  }
+
+  static void release(Segment& s) {
+    s.tensors.clear();
+    s.packed.clear();
+    s.versions.clear();
+    s.taken.clear();
+    s.left = 0;
+    s.recorded = false;
+  }
+
+  void note_version(const at::Tensor& t) {
+    c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+    auto found = outside_versions_.find(impl);
+    if (found != outside_versions_.end()) {
+      const auto alive = found->second.first.lock();
+      if (alive && alive.get() == impl) {
+        return;
+      }
+    }
+    outside_versions_.insert_or_assign(impl, std::make_pair(WeakImpl(t.getIntrusivePtr()),
+                                                            static_cast<uint32_t>(t._version())));
+  }
+
+  // Notes the first way in which tensor `index` of the recompute differs from the forward's.
+  void compare(const Segment& s, size_t index, const at::Tensor& t) {
+    if (!mismatch_.empty() || index >= s.meta.size()) {
+      return;
+    }
+    const Meta& m = s.meta[index];
+    if (!t.sizes().equals(m.sizes) || t.scalar_type() != m.dtype) {
+      std::ostringstream out;
+      out << "saved tensor " << index << " has shape " << t.sizes() << " and dtype " << t.scalar_type()
+          << ", against " << at::IntArrayRef(m.sizes) << " and " << m.dtype << " in the forward";
+      mismatch_ = out.str();
+      return;
+    }
+    at::Tensor outside = outside_of(t);
+    if (outside.defined()) {
+      auto copy = copies_.find(outside.unsafeGetTensorImpl());
+      if (copy != copies_.end()) {
+        outside = copy->second;
+      }
+    }
+    // A tensor from outside must be the one the forward used; one the forward made
+    // inside func (a fresh leaf) and that has died since cannot be compared.
+    bool same = outside.defined() == m.outside.has_value();
+    if (same && m.outside.has_value()) {
+      const auto then = m.outside->lock();
+      same = !then || then.get() == outside.unsafeGetTensorImpl();
+    }
+    if (!same) {
+      mismatch_ = "saved tensor " + std::to_string(index) +
+                  " is another tensor from outside the solve than in the forward (a requires_grad flag or a "
+                  "parameter changed)";
+    }
+  }
+
+  py::object recompute_;
+  std::string mode_;
+  std::vector<Segment> segments_;
+  int64_t current_ = 0;
+  int64_t recording_ = 0;
+  py::object keep_ = py::none();
+  py::object restore_ = py::none();
+  std::unordered_map<c10::TensorImpl*, at::Tensor> copies_;
+  std::string mismatch_;
+  std::unordered_map<c10::TensorImpl*, std::pair<WeakImpl, uint32_t>> outside_versions_;
+  bool differentiates_inside_ = false;
+};
+
+}  // namespace
+
+void bind_saved_ledger(py::module_& m) {
+  py::class_<SavedLedger>(m, "SavedLedger",
+                          "Saved-tensor bookkeeping of one anode/revolve solve (anode_ext/_checkpointed.py).")
+      .def(py::init<py::object, std::string>(), py::arg("recompute"), py::arg("mode"))
+      .def("start_segment", &SavedLedger::start_segment)
+      .def("end_segment", &SavedLedger::end_segment)
+      .def("release_live", &SavedLedger::release_live)
+      .def("pack", &SavedLedger::pack)
+      .def("unpack", &SavedLedger::unpack)
+      .def("begin_record", &SavedLedger::begin_record)
+      .def("keep", &SavedLedger::keep)
+      .def("kept", &SavedLedger::kept)
+      .def("finish_record", &SavedLedger::finish_record)
+      .def("outside_unchanged", &SavedLedger::outside_unchanged)
+      .def("outside_tensors", &SavedLedger::outside_tensors)
+      .def_property_readonly("differentiates_inside", &SavedLedger::differentiates_inside);
+}
+
+}  // namespace anode_ext

@@ -1,0 +1,298 @@
+"""What anode and revolve replay when they recompute (module buffers however they are
+updated, train/eval modes, hooks func registers, funcs that differentiate inside
+themselves), and what they refuse with an error because it cannot be replayed."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anode_ext import odeint
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:The PyTorch API of nested tensors:UserWarning", "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+)
+
+MODES = [("anode", None), ("revolve", 1), ("revolve", 2)]
+IDS = ["anode", "revolve-c1", "revolve-c2"]
+
+
+def assert_same(got, expected):
+    assert len(got) == len(expected)
+    for i, (g, e) in enumerate(zip(got, expected)):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12, msg=f"item {i}")
+
+
+class Normalizing(nn.Module):
+    """Its ODE function is a bound method that updates the module's own buffer: the
+    module's forward (which calls odeint) started before the solve."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.register_buffer("running_mean", torch.zeros(4))
+
+    def dynamics(self, t, y):
+        with torch.no_grad():
+            self.running_mean.mul_(0.9).add_(0.1 * y.mean(0))
+        return torch.tanh(self.lin(y - self.running_mean.clone()))
+
+    def forward(self, x, grad, checkpoints):
+        return odeint(self.dynamics, x, steps=4, grad=grad, checkpoints=checkpoints)
+
+
+class Reassigning(nn.Module):
+    """Updates its buffer out of place (an exponential average) and uses it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.register_buffer("scale", torch.ones(4))
+
+    def forward(self, t, y):
+        out = torch.tanh(self.lin(y)) * self.scale
+        self.scale = 0.9 * self.scale + 0.1 * y.detach().abs().mean(0)
+        return out
+
+
+class ParentNorm(nn.Module):
+    """Calls F.batch_norm on its child's buffers: the child's forward never runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.child = nn.BatchNorm1d(4)
+
+    def forward(self, t, y):
+        c = self.child
+        return torch.tanh(F.batch_norm(self.lin(y), c.running_mean, c.running_var, c.weight, c.bias, True, 0.1))
+
+
+def run_module(make, grad, checkpoints, call=None):
+    torch.manual_seed(0)
+    module = make().double()
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    out = call(module, x, grad, checkpoints) if call else odeint(module, x, steps=4, grad=grad, checkpoints=checkpoints)
+    out.square().sum().backward()
+    return [x.grad, *(p.grad for p in module.parameters()), *(b.clone() for b in module.buffers())]
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+@pytest.mark.parametrize("make, call", [
+    (Normalizing, lambda m, x, g, c: m(x, g, c)),
+    (Reassigning, None),
+    (ParentNorm, None),
+    (lambda: torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Tanh())), None),
+], ids=["bound-method", "reassigned", "child-buffers", "scripted"])
+def test_buffers_replayed_however_updated(make, call, grad, checkpoints):
+    if call is None and isinstance(make(), torch.jit.ScriptModule):
+        scripted = make
+
+        def make():
+            inner = scripted()
+            for _ in range(3):  # the executor's profiling runs, after which its graph is fixed
+                inner(torch.randn(6, 4))
+            return Wrapped(inner)
+
+    assert_same(run_module(make, grad, checkpoints, call), run_module(make, "direct", None, call))
+
+
+class Wrapped(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, t, y):
+        return self.inner(y)
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+@pytest.mark.parametrize("forward_mode", ["train", "eval"])
+def test_mode_switched_between_forward_and_backward(grad, checkpoints, forward_mode):
+    def run(mode, c):
+        torch.manual_seed(0)
+        func = Wrapped(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Tanh())).double()
+        func.train(forward_mode == "train")
+        x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+        out = odeint(func, x, steps=3, grad=mode, checkpoints=c)
+        func.train(forward_mode != "train")
+        out.square().sum().backward()
+        return [x.grad, *(p.grad for p in func.parameters()), *func.buffers()]
+
+    assert_same(run(grad, checkpoints), run("direct", None))
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+def test_hooks_registered_by_func(grad, checkpoints):
+    def run(mode, c):
+        w = torch.randn(4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64, requires_grad=True)
+        calls = [0]
+
+        def func(t, y):
+            w.register_hook(lambda g: (calls.__setitem__(0, calls[0] + 1), 0.5 * g)[1])
+            return torch.tanh(y @ w)
+
+        y0 = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
+        (g,) = torch.autograd.grad(odeint(func, y0, steps=2, method="midpoint", grad=mode, checkpoints=c).sum(), [w])
+        return g, calls[0]
+
+    (g, calls), (e, expected_calls) = run(grad, checkpoints), run("direct", None)
+    assert calls == expected_calls == 4
+    torch.testing.assert_close(g, e, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+@pytest.mark.parametrize("create_graph", [True, False])
+def test_func_that_differentiates_inside_itself(grad, checkpoints, create_graph):
+    # A Hamiltonian network: the vector field is a gradient of a learned energy.
+    def run(mode, c):
+        torch.manual_seed(0)
+        energy = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+        J = torch.tensor([[0.0, 0, 1, 0], [0, 0, 0, 1], [-1, 0, 0, 0], [0, -1, 0, 0]], dtype=torch.float64)
+
+        def func(t, y):
+            with torch.enable_grad():
+                q = y if create_graph else y.detach().requires_grad_(True)
+                (dh,) = torch.autograd.grad(energy(q).sum(), q, create_graph=create_graph)
+            return dh @ J.T + (0 if create_graph else torch.tanh(y))
+
+        y0 = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64, requires_grad=True)
+        out = odeint(func, y0, steps=3, grad=mode, checkpoints=c)
+        out.square().sum().backward()
+        return [y0.grad] + ([p.grad for p in energy.parameters()] if create_graph else [])
+
+    assert_same(run(grad, checkpoints), run("direct", None))
+
+
+def refused(build, grad, checkpoints, match="the recompute in backward did not repeat the forward"):
+    out = build(grad, checkpoints)
+    with pytest.raises(RuntimeError, match=match):
+        out.sum().backward()
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+def test_changed_attribute_is_refused(grad, checkpoints):
+    class Conditioned(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+            self.condition = torch.zeros(4)
+
+        def forward(self, t, y):
+            return torch.tanh(self.lin(y) + self.condition)
+
+    def build(mode, c):
+        func = Conditioned()
+        y = odeint(func, torch.randn(3, 4, requires_grad=True), steps=3, grad=mode, checkpoints=c)
+        func.condition = torch.ones(4)  # set for the next batch before this one's backward
+        return y
+
+    refused(build, grad, checkpoints)
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+def test_swapped_parameters_are_refused(grad, checkpoints):
+    from torch.func import functional_call
+
+    def build(mode, c):
+        lin = nn.Linear(4, 4)
+        fast = {"weight": lin.weight.detach().clone().requires_grad_(True), "bias": lin.bias}
+        func = lambda t, y: torch.tanh(functional_call(lin, fast, (y,)))  # noqa: E731
+        y = odeint(func, torch.randn(3, 4, requires_grad=True), steps=3, grad=mode, checkpoints=c)
+        fast["weight"] = lin.weight  # the next inner step swaps in other weights
+        return y
+
+    refused(build, grad, checkpoints)
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+def test_other_random_generators_are_refused(grad, checkpoints):
+    def build(mode, c):
+        generator = torch.Generator().manual_seed(0)
+        lin = nn.Linear(4, 4)
+        func = lambda t, y: torch.tanh(lin(y)) * torch.rand(y.shape, generator=generator)  # noqa: E731
+        return odeint(func, torch.randn(3, 4, requires_grad=True), steps=3, grad=mode, checkpoints=c)
+
+    refused(build, grad, checkpoints)
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+def test_swapped_requires_grad_is_refused(grad, checkpoints):
+    def build(mode, c):
+        a, b = torch.randn(4, 4, requires_grad=True), torch.randn(4, 4)
+        y = odeint(lambda t, y: torch.tanh(y @ a) + torch.tanh(y @ b), torch.randn(3, 4), steps=2, grad=mode,
+                   checkpoints=c)
+        a.requires_grad_(False)
+        b.requires_grad_(True)
+        return y
+
+    refused(build, grad, checkpoints)
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+def test_captured_constant_modified_in_place_is_refused(grad, checkpoints):
+    def build(mode, c):
+        context = torch.randn(3, 4)
+        lin = nn.Linear(8, 4)
+        y = odeint(lambda t, y: torch.tanh(lin(torch.cat([y, context], 1))), torch.randn(3, 4, requires_grad=True),
+                   steps=3, grad=mode, checkpoints=c)
+        context.copy_(torch.randn(3, 4))  # the next batch's conditioning, written into the same tensor
+        return y
+
+    refused(build, grad, checkpoints)
+
+
+def test_second_backward_of_revolve_costs_one_more_forward():
+    calls = [0]
+    lin = nn.Linear(2, 2)
+
+    def func(t, y):
+        calls[0] += 1
+        return torch.tanh(lin(y))
+
+    y = odeint(func, torch.randn(1, 2, requires_grad=True), steps=100, method="euler", grad="revolve",
+               checkpoints=3).sum()
+    calls[0] = 0
+    y.backward(retain_graph=True)
+    first = calls[0]
+    calls[0] = 0
+    y.backward()
+    assert calls[0] <= first + 100
+
+
+def test_revolve_inside_torch_checkpoint():
+    from torch.utils.checkpoint import checkpoint
+
+    def run(mode):
+        torch.manual_seed(0)
+        lin = nn.Linear(4, 4).double()
+        x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+        solve = lambda x: odeint(lambda t, y: torch.tanh(lin(y)), x, steps=8, grad=mode,  # noqa: E731
+                                 checkpoints=1 if mode == "revolve" else None)
+        checkpoint(solve, x, use_reentrant=False).square().sum().backward()
+        return [x.grad, lin.weight.grad]
+
+    for mode in ("anode", "revolve"):
+        assert_same(run(mode), run("direct"))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda y: y * (1 + 1j), "dtype ComplexDouble; dy/dt must be a floating tensor"),
+    (lambda y: y > 0, "dtype Bool; dy/dt must be a floating tensor"),
+    (lambda y: y.to_sparse(), "(?i)sparse.* tensor; dy/dt must be a dense"),
+    (lambda y: torch.nested.nested_tensor(list(y)), "nested .* tensor; dy/dt must be a dense"),
+], ids=["complex", "bool", "sparse", "nested"])
+@pytest.mark.parametrize("grad", ["direct", "anode"])
+def test_derivatives_that_are_not_dense_floating_tensors(make, message, grad):
+    with pytest.raises(RuntimeError, match=message):
+        odeint(lambda t, y: make(y), torch.randn(3, 4, dtype=torch.float64), steps=2, grad=grad)
+
+
+def test_states_and_times_of_other_kinds():
+    import numpy as np
+
+    with pytest.raises(ValueError, match="y0 is a torch.sparse_coo tensor; expected a dense"):
+        odeint(lambda t, y: y, torch.randn(3, 4).to_sparse(), steps=2)
+    y = odeint(lambda t, y: -y, torch.ones(2, dtype=torch.float64), np.float64(0.0), np.array(1.0), steps=4)
+    expected = odeint(lambda t, y: -y, torch.ones(2, dtype=torch.float64), 0.0, 1.0, steps=4)
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
