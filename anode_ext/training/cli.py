@@ -156,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"anode-train: {error}") from None
     topo = _topology(args.device)
     try:
-        trainer = Trainer(config, data, topo)
+        try:
+            trainer = Trainer(config, data, topo)
+        except (ValueError, TypeError) as error:  # the model's options (models.create checks them)
+            raise SystemExit(f"anode-train: {error}") from None
         if resume is not None:
             trainer.restore(resume)
         if topo.main:
