@@ -29,7 +29,6 @@ gradient.
 from __future__ import annotations
 
 import contextlib
-import math
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -37,7 +36,15 @@ import torch
 from torch import Tensor
 
 from ._library import _C
-from ._recompute import BufferValues, CallerHooks, ForwardState, ModuleState, RngState, reachable_modules
+from ._recompute import (
+    BufferValues,
+    CallerHooks,
+    ForwardState,
+    ModuleState,
+    RngState,
+    hooks_registered_in_body_removed,
+    reachable,
+)
 from .revolve import Action, recorders, schedule
 from .solver import Problem, State
 
@@ -59,7 +66,8 @@ NOT_REPEATED_MESSAGE = (
     "attributes it reads (a conditioning input set before each forward, say), parameters swapped in "
     "by torch.func.functional_call around the solve, random numbers from other generators than "
     "torch's default ones (or drawn by another thread at the same time), a lazy module's first call, "
-    "a TorchScript module whose executor re-optimizes its graph during its first calls. "
+    "a TorchScript or torch.compile'd module whose first calls profile or compile it, a cache such as "
+    "torch.nn.utils.parametrize.cached(). "
     "Use grad='direct' for such a func"
 )
 
@@ -71,31 +79,23 @@ def refuse_double_backward(mode: str) -> None:
 
 
 def fingerprint(state: State) -> Tensor:
-    """Sum and sum of squares of each state tensor, in float64, left on the state's
-    device (read only in backward): equal for equal states, and almost surely different
-    for states that are not."""
+    """Sum and sum of squares of the finite entries of each state tensor (NaN and
+    infinities count as 0), in float64, left on the state's device (read only in
+    backward): equal for equal states, and almost surely different for states that are
+    not, also where some entries are not finite."""
     with torch.no_grad():
-        # Accumulated in float64 without a float64 copy of the state.
+        finite = [s.nan_to_num(0.0, 0.0, 0.0) for s in state]
         return torch.stack([
-            torch.stack([s.sum(dtype=torch.float64), torch.linalg.vector_norm(s, dtype=torch.float64).square()])
-            for s in state
+            torch.stack([f.sum(dtype=torch.float64), torch.linalg.vector_norm(f, dtype=torch.float64).square()])
+            for f in finite
         ])
 
 
-def same_fingerprint(a: Tensor, b: Tensor, state: State) -> bool:
-    """True when two fingerprints agree to the rounding of their sums: bitwise on the
-    CPU, within a few ulps of the state's dtype where a GPU reduces in another order.
-    Non-finite states compare equal (their sums say nothing)."""
-    if a.device.type == "meta" or torch.equal(a, b):
-        return True
-    for (sum_a, squares_a), (sum_b, squares_b), s in zip(a.tolist(), b.tolist(), state):
-        n = max(s.numel(), 1)
-        tol = 8 * torch.finfo(s.dtype).eps * math.sqrt(n)
-        size = max(squares_a, squares_b)
-        # |sum| <= sqrt(n * sum of squares), so that bounds the sum's rounding too.
-        if abs(squares_a - squares_b) > tol * size or abs(sum_a - sum_b) > tol * math.sqrt(n * size):
-            return False
-    return True
+def same_fingerprint(a: Tensor, b: Tensor) -> bool:
+    """True when two fingerprints are equal, bit for bit: a recompute of the same
+    operations on the same values gives the same bits, on any device, unless an
+    operation is nondeterministic."""
+    return a.device.type == "meta" or torch.equal(a, b)
 
 
 class _Versions:
@@ -118,10 +118,14 @@ class _Versions:
 class _Position:
     """A state held inside the solve through the caller's saved-tensor hooks (so memory
     accounting sees it as it sees what a plain forward saves), with the RNG and module
-    state there. It is read back through the hooks once, then kept as read."""
+    state there. It is read back through the hooks once, then kept as read.
+
+    Held detached: a kept state's graph holds the hooks, which hold the ledger, which
+    holds this solve; a reference back would make a cycle through autograd's C++ graph
+    that no garbage collector can free (a forward never followed by a backward)."""
 
     def __init__(self, state: State, rng: RngState, buffers: BufferValues | None, hooks: CallerHooks) -> None:
-        self.packed = [hooks.keep(s) for s in state]
+        self.packed = [hooks.keep(s.detach()) for s in state]
         self.hooks = hooks
         self.rng = rng
         self.buffers = buffers
@@ -130,13 +134,14 @@ class _Position:
     @property
     def state(self) -> State:
         if self._read is None:
-            self._read = tuple(self.hooks.restore(p) for p in self.packed)
+            self._read = tuple(self.hooks.restore(p).detach() for p in self.packed)
         return self._read
 
 
-def _is_outside(t: Tensor) -> bool:
-    """A leaf requiring grad: a tensor the user made, which a recompute meets again."""
-    return t.requires_grad and t.is_leaf
+def _leaf_of(t: Tensor) -> Tensor | None:
+    """The leaf that `t` is or views, if any."""
+    base = t._base if t._is_view() else t
+    return base if base.is_leaf else None
 
 
 class CheckpointedSolve:
@@ -156,7 +161,8 @@ class CheckpointedSolve:
         self.plan = None if checkpoints is None else schedule(problem.steps, checkpoints)
         self._ledger: Callable[[], object] = lambda: None
         self.modules = ModuleState()
-        self.modules.note_trees(reachable_modules(owner))
+        modules, self.known = reachable(owner)
+        self.modules.note_trees(modules)
         self.positions: dict[int, _Position] = {}
         # Per segment: requires_grad of its input, and which of its input tensors were
         # the user's own (a recompute's copy of them counts as them), and a fingerprint
@@ -227,7 +233,13 @@ class CheckpointedSolve:
     def _segment_starts(self, segment: int, state: State) -> None:
         self.ledger.start_segment(segment)
         self.requires.append(tuple(s.requires_grad for s in state))
-        self.inputs_seen.append(tuple(s if _is_outside(s) else None for s in state))
+        # The solve's input (a leaf, or a view of one such as an expanded learned initial
+        # state) is one of the tensors a recompute must meet again, through its copy.
+        inputs = tuple(_leaf_of(s) if segment == 0 else None for s in state)
+        self.inputs_seen.append(inputs)
+        if segment == 0:
+            self.ledger.set_known([*self.known, *(t for t in inputs if t is not None)])
+            self.known = ()
 
     def _segment_done(self, segment: int, out: State) -> None:
         self.ledger.end_segment(segment)  # its saved tensors go: the backward recomputes them
@@ -302,9 +314,10 @@ class CheckpointedSolve:
     def _advance(self, origin: _Position, start: int, stop: int) -> _Position:
         """The state at `stop`, stepped from `origin` at `start` without recording."""
         state = origin.state
-        # A func that differentiates inside itself needs its stage inputs to require grad as
-        # in the forward: then each step is recorded (and its graph dropped), else nothing is.
-        with self._replaying(origin), torch.set_grad_enabled(self.ledger.differentiates_inside):
+        # With grad enabled and the forward's requires_grad flags, as the forward ran:
+        # a func may take another path without grad (a fused inference kernel) or
+        # differentiate inside itself. Each step's graph goes when the next step starts.
+        with self._replaying(origin), torch.enable_grad():
             for n in range(start, stop):
                 state = tuple(s.detach().requires_grad_(r) for s, r in zip(state, self.requires[n]))
                 state = self.problem.step(n, state)
@@ -314,25 +327,8 @@ class CheckpointedSolve:
     @contextlib.contextmanager
     def _replaying(self, origin: _Position) -> Iterator[None]:
         with self.forward_state.rng_replay(origin.rng), self.modules.replay(origin.buffers), \
-                self.forward_state.autocast(), self._hooks_unchanged():
+                self.forward_state.autocast(), hooks_registered_in_body_removed():
             yield
-
-    @contextlib.contextmanager
-    def _hooks_unchanged(self) -> Iterator[None]:
-        """Remove, after the body, the hooks it registered on tensors from outside (func
-        registering a hook on a parameter at each call registers it again when re-run)."""
-        tensors = self.ledger.outside_tensors()
-        for module, _ in self.modules.modules.values():
-            tensors += list(module.parameters(recurse=False))
-        before = [(t, dict(t._backward_hooks or {}), dict(getattr(t, "_post_accumulate_grad_hooks", None) or {}))
-                  for t in tensors]
-        try:
-            yield
-        finally:
-            for t, hooks, post in before:
-                for registry, kept in ((t._backward_hooks, hooks), (getattr(t, "_post_accumulate_grad_hooks", None), post)):
-                    for key in [k for k in (registry or {}) if k not in kept]:
-                        del registry[key]
 
     def _record(self, first: int, origin: _Position, whole: bool = False) -> None:
         """Re-run step `first` (with whole=True, the whole solve) with autograd recording,
@@ -347,8 +343,12 @@ class CheckpointedSolve:
         if whole and self.problem.return_all:
             out = tuple(o[-1] for o in out)
         differs = self.ledger.finish_record()
-        if not differs and not same_fingerprint(fingerprint(out), self.fingerprints[first], out):
-            differs = "the recomputed states differ from the forward's"
+        if not differs and not same_fingerprint(fingerprint(out), self.fingerprints[first]):
+            differs = (
+                "the recomputed states differ from the forward's; if func uses a nondeterministic operation "
+                "(an atomic scatter_add or index_add on a GPU, say), torch.use_deterministic_algorithms(True) "
+                "makes it repeatable"
+            )
         if differs:
             raise RuntimeError(NOT_REPEATED_MESSAGE.format(mode=self.mode, what=differs))
 
@@ -360,4 +360,13 @@ def solve_checkpointed(problem: Problem, state: State, forward_state: ForwardSta
     solve = CheckpointedSolve(problem, forward_state, checkpoints, owner)
     ledger = _C.SavedLedger(solve._recompute, solve.mode)
     solve._ledger = weakref.ref(ledger)
-    return solve.forward(state)
+    try:
+        return solve.forward(state)
+    except RuntimeError as error:
+        if "saved tensor hooks" not in str(error):
+            raise
+        raise RuntimeError(
+            f"grad='{solve.mode}' records the solve under saved-tensor hooks, which func cannot run under "
+            f"({error}); torch.func transforms (grad, vjp, jacrev) inside func are such a case. Use "
+            "grad='direct' for this func"
+        ) from error

@@ -178,36 +178,41 @@ class ModuleState:
         of its value in `values` (those it lacks, and all without `values`, as at the
         start of the solve), each module in the train/eval mode of the forward.
         Afterwards every module holds again the very buffer objects and mode it held
-        before the body, untouched: what the recompute did to the copies is dropped.
+        before the body, with their values: what the recompute did goes.
 
         A buffer is replaced as an object, so a module that reassigns its buffer (an
         exponential average written ``self.b = 0.9 * self.b + ...``) replays as well as
-        one that updates it in place. A scripted module's buffers are copied into instead.
+        one that updates it in place; slots that held one tensor get one copy. A
+        scripted module's buffers are copied into instead, and every original object gets
+        its value back, also one the body changed through another reference
+        (torch.func.functional_call with the module's own buffers, say).
         """
         values = values or {}
         held = {key: self._current(key) for key in self.buffers}
+        before = {id(t): (t, t.detach().clone()) for t in held.values()}
         modes = {key: module.training for key, (module, _) in self.modules.items()}
-        written = {}
+        copies: dict[int, Tensor] = {}
         for key, (module, name) in self.buffers.items():
             value = values.get(key, self.initial[key])
             if isinstance(module, torch.jit.ScriptModule):
-                written[key] = held[key].detach().clone()
                 held[key].data.copy_(value)
             else:
-                module._buffers[name] = value.clone()
+                shared = id(self.objects[key])
+                if shared not in copies:
+                    copies[shared] = value.clone()
+                module._buffers[name] = copies[shared]
         for module, training in self.modules.values():
             module.training = training
         try:
             yield
         finally:
             for key, (module, name) in self.buffers.items():
-                if key in written:
-                    held[key].data.copy_(written[key])
-                else:
+                if not isinstance(module, torch.jit.ScriptModule):
                     module._buffers[name] = held[key]
+            for original, value in before.values():
+                original.data.copy_(value)
             for key, (module, _) in self.modules.items():
                 module.training = modes.get(key, module.training)
-
 
     def restore_initial(self) -> None:
         """Give every noted module back the buffer object it held when noted, with the
@@ -231,51 +236,127 @@ def buffers_unchanged() -> Iterator[None]:
         state.restore_initial()
 
 
-def reachable_modules(func: object, depth: int = 3) -> list[nn.Module]:
-    """The modules a callable is, is bound to, or holds: through bound methods, partials,
-    closure cells and the globals its code names, `depth` levels deep. The recompute
-    replays the state of their whole trees, also of modules whose forward started before
-    the solve (a bound method of the model that calls odeint)."""
-    found: dict[int, nn.Module] = {}
+def reachable(func: object, depth: int = 3) -> tuple[list[nn.Module], list[Tensor]]:
+    """The modules and the tensors a callable is, is bound to, or holds: through bound
+    methods, partials, closure cells, the globals its code names, the attributes of
+    plain objects and the items of lists, tuples, sets and dicts, `depth` levels deep.
+
+    The recompute replays the state of the modules' whole trees (also of a module whose
+    forward started before the solve: a bound method of the model that calls odeint),
+    and holds it against the tensors (with the modules' parameters) that they are the
+    objects the forward used. Anything that cannot be inspected is skipped.
+    """
+    modules: dict[int, nn.Module] = {}
+    tensors: dict[int, Tensor] = {}
     seen: set[int] = set()
 
     def visit(obj: object, level: int) -> None:
         if level < 0 or id(obj) in seen:
             return
         seen.add(id(obj))
-        if isinstance(obj, nn.Module):
-            found.setdefault(id(obj), obj)
-            return
-        if isinstance(obj, functools.partial):
+        if isinstance(obj, Tensor):
+            tensors.setdefault(id(obj), obj)
+        elif isinstance(obj, nn.Module):
+            modules.setdefault(id(obj), obj)
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            for item in obj:
+                visit(item, level - 1)
+        elif isinstance(obj, dict):
+            for item in obj.values():
+                visit(item, level - 1)
+        elif isinstance(obj, functools.partial):
             for item in (obj.func, *obj.args, *obj.keywords.values()):
                 visit(item, level - 1)
-            return
+        elif not isinstance(obj, (type, types.ModuleType, str, bytes, int, float, complex, bool)):
+            visit_callable_or_object(obj, level)
+
+    def visit_callable_or_object(obj: object, level: int) -> None:
         self_ = getattr(obj, "__self__", None)
-        if self_ is not None and not isinstance(self_, type):
+        if self_ is not None and not isinstance(self_, (type, types.ModuleType)):
             visit(self_, level - 1)
         function = getattr(obj, "__func__", obj)
         code = getattr(function, "__code__", None)
-        if code is not None:
+        if isinstance(code, types.CodeType):
             for cell in getattr(function, "__closure__", None) or ():
                 try:
                     visit(cell.cell_contents, level - 1)
                 except ValueError:  # an empty cell
                     pass
-            names = getattr(function, "__globals__", {})
+            names = getattr(function, "__globals__", None) or {}
             for name in code.co_names:
                 if name in names:
                     visit(names[name], level - 1)
             return
-        if isinstance(obj, (type, types.ModuleType)) or not hasattr(obj, "__dict__"):
-            return
-        # A plain object (a callable class instance): what it holds, and its __call__.
-        for value in vars(obj).values():
-            visit(value, level - 1)
-        if hasattr(getattr(type(obj), "__call__", None), "__code__"):
-            visit(obj.__call__, level - 1)
+        attributes = getattr(obj, "__dict__", None)
+        if isinstance(attributes, dict):
+            for value in list(attributes.values()):
+                visit(value, level - 1)
+        call = getattr(type(obj), "__call__", None)
+        if isinstance(getattr(call, "__code__", None), types.CodeType):
+            visit(types.MethodType(call, obj), level - 1)
 
-    visit(func, depth)
-    return list(found.values())
+    try:
+        visit(func, depth)
+    except Exception:  # an object whose attributes raise: what was found still counts
+        pass
+    found_tensors = list(tensors.values())
+    for module in modules.values():
+        found_tensors += list(module.parameters())
+    return list(modules.values()), found_tensors
+
+
+_HOOK_METHODS = ("register_hook", "register_post_accumulate_grad_hook")
+_hook_patch_lock = threading.Lock()
+_hook_patch_users = 0
+_hook_originals: dict[str, Callable] = {}
+_hooks_registered = threading.local()
+
+
+def _tracked(name: str) -> Callable:
+    original = _hook_originals[name]
+
+    @functools.wraps(original)
+    def register(self, hook):
+        handle = original(self, hook)
+        handles = getattr(_hooks_registered, "handles", None)
+        if handles is not None:
+            handles.append(handle)
+        return handle
+
+    return register
+
+
+@contextlib.contextmanager
+def hooks_registered_in_body_removed() -> Iterator[None]:
+    """Remove, after the body, every tensor and gradient-accumulator hook registered in
+    it by this thread. A func that registers a hook on a tensor from outside (a
+    parameter, an earlier layer's output) at each call would register it again when
+    re-run, and the hook would fire twice.
+
+    Tensor.register_hook has no notification, so while some thread runs such a body the
+    two registration methods are wrapped; the wrappers act for the threads in a body
+    only, and the originals are back when no thread is in one.
+    """
+    global _hook_patch_users
+    with _hook_patch_lock:
+        if _hook_patch_users == 0:
+            for name in _HOOK_METHODS:
+                _hook_originals[name] = getattr(torch.Tensor, name)
+                setattr(torch.Tensor, name, _tracked(name))
+        _hook_patch_users += 1
+    outer = getattr(_hooks_registered, "handles", None)
+    _hooks_registered.handles = []
+    try:
+        yield
+    finally:
+        for handle in _hooks_registered.handles:
+            handle.remove()
+        _hooks_registered.handles = outer
+        with _hook_patch_lock:
+            _hook_patch_users -= 1
+            if _hook_patch_users == 0:
+                for name in _HOOK_METHODS:
+                    setattr(torch.Tensor, name, _hook_originals.pop(name))
 
 
 class CallerHooks:

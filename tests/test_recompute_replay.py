@@ -296,3 +296,199 @@ def test_states_and_times_of_other_kinds():
     y = odeint(lambda t, y: -y, torch.ones(2, dtype=torch.float64), np.float64(0.0), np.array(1.0), steps=4)
     expected = odeint(lambda t, y: -y, torch.ones(2, dtype=torch.float64), 0.0, 1.0, steps=4)
     torch.testing.assert_close(y, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+def test_constant_used_only_for_the_gradient_modified_is_refused(grad, checkpoints):
+    # A straight-through scale: the states do not depend on it, only the gradient does.
+    def build(mode, c):
+        lin = nn.Linear(5, 5).double()
+        scale = torch.tensor(2.0, dtype=torch.float64)
+
+        def func(t, y):
+            h = lin(y)
+            return torch.tanh(h + (scale * h - (scale * h).detach()))
+
+        y = odeint(func, torch.randn(3, 5, dtype=torch.float64, requires_grad=True), steps=3, grad=mode,
+                   checkpoints=c)
+        scale.fill_(5.0)
+        return y
+
+    refused(build, grad, checkpoints, match="modified in place since the forward saved it")
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+@pytest.mark.parametrize("target", ["unsaved-leaf", "non-leaf"])
+def test_hooks_registered_by_func_on_any_tensor(grad, checkpoints, target):
+    def run(mode, c):
+        torch.manual_seed(0)
+        lin = nn.Linear(5, 5).double()
+        u = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+        z = lin(u)
+        calls = [0]
+
+        def halve(g):
+            calls[0] += 1
+            return 0.5 * g
+
+        def func(t, y):
+            if target == "unsaved-leaf":
+                b.register_hook(halve)
+                return torch.tanh(lin(y) + b)
+            z.register_hook(halve)
+            return torch.tanh(y * z)
+
+        odeint(func, u.detach(), steps=3, grad=mode, checkpoints=c).square().sum().backward()
+        return (b.grad if target == "unsaved-leaf" else u.grad), calls[0]
+
+    (g, calls), (e, expected) = run(grad, checkpoints), run("direct", None)
+    assert calls == expected
+    torch.testing.assert_close(g, e, rtol=1e-10, atol=0)
+
+
+def storage_alive():
+    import gc
+
+    gc.collect()
+    return sum(o.untyped_storage().nbytes() for o in gc.get_objects() if type(o) is torch.Tensor)
+
+
+@pytest.mark.parametrize("grad", ["anode", "revolve"])
+@pytest.mark.parametrize("case", ["partial-backward", "no-backward", "backward-raises"])
+def test_nothing_kept_when_a_backward_is_partial_or_missing(grad, case):
+    lin, gate = nn.Linear(64, 64), nn.Linear(64, 64)
+
+    def iteration():
+        x = torch.randn(32, 64, requires_grad=True)
+        loss = odeint(lambda t, y: torch.tanh(lin(y)) * torch.sigmoid(gate(x)), x, steps=6, grad=grad).square().sum()
+        if case == "partial-backward":
+            loss.backward(inputs=[lin.bias])
+        elif case == "backward-raises":
+            with torch.no_grad():
+                lin.weight.add_(0)
+            with pytest.raises(RuntimeError):
+                loss.backward()
+
+    iteration()
+    before = storage_alive()
+    for _ in range(5):
+        iteration()
+    assert storage_alive() - before < 64 * 64 * 4 * 4
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+@pytest.mark.parametrize("dtype, nan_row", [(torch.bfloat16, False), (torch.float16, False), (torch.float64, True)],
+                         ids=["bfloat16", "float16", "float64-with-nan"])
+def test_changes_are_seen_in_any_precision_and_beside_nan(grad, checkpoints, dtype, nan_row):
+    def build(mode, c):
+        lin = nn.Linear(16, 16).to(dtype)
+        shift = {"value": torch.zeros(16, dtype=dtype)}
+        y0 = torch.randn(8, 16, dtype=dtype)
+        if nan_row:
+            y0[0] = float("nan")
+        y = odeint(lambda t, y: torch.tanh(lin(y) + shift["value"]), y0.requires_grad_(True), steps=3, grad=mode,
+                   checkpoints=c)
+        shift["value"] = torch.full((16,), 1.0, dtype=dtype)
+        return y.nan_to_num()
+
+    refused(build, grad, checkpoints)
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+def test_inputs_that_are_views_and_inputs_made_to_require_grad(grad, checkpoints):
+    def run(mode, c):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+        h0 = torch.randn(1, 4, dtype=torch.float64, requires_grad=True)
+        e = torch.randn(5, 3, dtype=torch.float64)
+
+        def cnf(t, s):  # the continuous-normalizing-flow idiom: divergence by autograd inside
+            with torch.enable_grad():
+                s.requires_grad_(True)
+                dz = net(s[:, :3])
+                (ds,) = torch.autograd.grad(dz, s, e, create_graph=True)
+                divergence = (ds[:, :3] * e).sum(1, keepdim=True)
+            return torch.cat([dz, -divergence], 1)
+
+        data = torch.cat([torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64),
+                          torch.zeros(5, 1, dtype=torch.float64)], 1)
+        out = odeint(cnf, data, steps=2, grad=mode, checkpoints=c)  # data requires no grad
+        hidden = odeint(lambda t, h: torch.tanh(h), h0.expand(5, -1), steps=2, grad=mode, checkpoints=c)
+        (out.square().sum() + hidden.sum()).backward()
+        return [h0.grad, *(p.grad for p in net.parameters())]
+
+    assert_same(run(grad, checkpoints), run("direct", None))
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+def test_fresh_leaf_kept_alive_by_a_graph_made_inside_func(grad, checkpoints):
+    def run(mode, c):
+        torch.manual_seed(0)
+        energy = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+
+        def func(t, y):
+            with torch.enable_grad():
+                q = y.detach().requires_grad_(True)
+                (dh,) = torch.autograd.grad(energy(q).sum(), q, create_graph=True)
+            return dh + 0.1 * y
+
+        y0 = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64, requires_grad=True)
+        odeint(func, y0, steps=3, grad=mode, checkpoints=c).square().sum().backward()
+        return [y0.grad, *(p.grad for p in energy.parameters())]
+
+    assert_same(run(grad, checkpoints), run("direct", None))
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+def test_caller_hooks_that_copy_during_backward(grad, checkpoints):
+    def run(mode, c):
+        torch.manual_seed(0)
+        lin = nn.Linear(4, 4).double()
+        x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+            odeint(lambda t, y: torch.tanh(lin(y)), x, steps=4, grad=mode, checkpoints=c).square().sum().backward()
+        return [x.grad, lin.weight.grad]
+
+    assert_same(run(grad, checkpoints), run("direct", None))
+
+
+class SharedStatistics(nn.Module):
+    """Two BatchNorm layers that share their running statistics; the second in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.a, self.b = nn.BatchNorm1d(4), nn.BatchNorm1d(4)
+        self.b.running_mean, self.b.running_var = self.a.running_mean, self.a.running_var
+        self.b.eval()
+
+    def forward(self, t, y):
+        return torch.tanh(self.b(self.a(self.lin(y))))
+
+
+class FunctionalBuffers(nn.Module):
+    """Calls its BatchNorm through torch.func.functional_call with the module's own buffers."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.norm = nn.BatchNorm1d(4)
+
+    def forward(self, t, y):
+        state = {**dict(self.norm.named_parameters()), **dict(self.norm.named_buffers())}
+        return torch.tanh(torch.func.functional_call(self.norm, state, (self.lin(y),)))
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+@pytest.mark.parametrize("make", [SharedStatistics, FunctionalBuffers], ids=["shared", "functional-call"])
+def test_buffers_shared_or_passed_explicitly(grad, checkpoints, make):
+    assert_same(run_module(make, grad, checkpoints), run_module(make, "direct", None))
+
+
+@pytest.mark.parametrize("grad", ["anode", "revolve"])
+def test_torch_func_inside_func_is_explained(grad):
+    lin = nn.Linear(3, 3)
+    func = lambda t, y: torch.func.grad(lambda v: lin(v).sum())(y)  # noqa: E731
+    with pytest.raises(RuntimeError, match="saved-tensor hooks, which func cannot run under .*grad='direct'"):
+        odeint(func, torch.randn(3, requires_grad=True), steps=2, grad=grad)

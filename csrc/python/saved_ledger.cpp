@@ -27,19 +27,11 @@ namespace {
 namespace py = pybind11;
 using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
 
-// The leaf requiring grad that `t` is or views (a parameter, a tensor the user made),
-// or an undefined tensor. A recompute must meet the very same objects again.
-at::Tensor outside_of(const at::Tensor& t) {
-  if (!t.requires_grad()) {
-    return at::Tensor();
-  }
-  const at::Tensor base = t.is_view() ? at::Tensor(t._base()) : t;
-  return base.is_leaf() ? base : at::Tensor();
-}
-
 struct Meta {
   c10::SmallVector<int64_t, 5> sizes;
   at::ScalarType dtype;
+  WeakImpl object;   // the saved tensor itself, and its version when saved: the same
+  uint32_t version;  // object met again in the recompute must not have changed since
   std::optional<WeakImpl> outside;
 };
 
@@ -60,6 +52,14 @@ struct Segment {
 class SavedLedger {
  public:
   SavedLedger(py::object recompute, std::string mode) : recompute_(std::move(recompute)), mode_(std::move(mode)) {}
+
+  // The tensors a recompute must meet again as the very same objects: those the user's
+  // func reaches (its modules' parameters, tensors it closes over) and the input state.
+  void set_known(const std::vector<at::Tensor>& tensors) {
+    for (const at::Tensor& t : tensors) {
+      known_.insert_or_assign(t.unsafeGetTensorImpl(), WeakImpl(t.getIntrusivePtr()));
+    }
+  }
 
   // --- the forward ---------------------------------------------------------------
 
@@ -85,7 +85,8 @@ class SavedLedger {
 
   int64_t pack(const at::Tensor& t) {
     Segment& s = segments_[current_];
-    Meta m{c10::SmallVector<int64_t, 5>(t.sizes().begin(), t.sizes().end()), t.scalar_type(), std::nullopt};
+    Meta m{c10::SmallVector<int64_t, 5>(t.sizes().begin(), t.sizes().end()), t.scalar_type(),
+           WeakImpl(t.getIntrusivePtr()), static_cast<uint32_t>(t._version()), std::nullopt};
     const at::Tensor outside = outside_of(t);
     if (outside.defined()) {
       m.outside = WeakImpl(outside.getIntrusivePtr());
@@ -105,7 +106,6 @@ class SavedLedger {
     if (s.running) {
       // func differentiates inside itself while the forward runs: the tensor is there
       // (saved in this step; the live tensors are numbered from the segment's start).
-      differentiates_inside_ = true;
       return s.live.at(index - (s.meta.size() - s.live.size()));
     }
     if (torch::autograd::GradMode::is_enabled()) {
@@ -122,13 +122,14 @@ class SavedLedger {
     at::Tensor t = r.packed.empty() ? std::move(r.tensors[index])
                                     : THPVariable_Unpack(restore_(r.packed[index]).ptr());
     const uint32_t version = r.versions[index];
-    if (!r.packed.empty()) {
+    const bool held_here = r.packed.empty();  // else the caller's hooks made what came back
+    if (!held_here) {
       r.packed[index] = py::object();
     }
     if (--r.left == 0) {
       release(r);
     }
-    if (t._version() != version) {
+    if (held_here && t._version() != version) {
       throw std::runtime_error("grad='" + mode_ +
                                "': a tensor that func saved for backward was modified by an in-place operation "
                                "after func used it, so autograd would see other values; compute it out of place, "
@@ -160,7 +161,11 @@ class SavedLedger {
     const size_t index = s.versions.size();
     compare(s, index, t);
     if (keep_.is_none()) {
-      s.tensors.push_back(t);
+      // Detached (autograd rebuilds the variable it unpacks anyway): the recomputed
+      // tensor's own graph holds these hooks, hence this ledger, hence the solve; a
+      // reference back would be a cycle through C++ that no collector frees when a
+      // backward leaves some tensors untaken.
+      s.tensors.push_back(t.detach());
     } else {
       s.packed.push_back(keep_(py::reinterpret_steal<py::object>(THPVariable_Wrap(t))));
     }
@@ -206,23 +211,23 @@ class SavedLedger {
     return true;
   }
 
-  // The tensors from outside that func saved, those still alive.
-  std::vector<at::Tensor> outside_tensors() const {
-    std::vector<at::Tensor> out;
-    for (const auto& [impl, entry] : outside_versions_) {
-      auto alive = entry.first.lock();
-      if (alive && alive.get() == impl) {
-        out.emplace_back(std::move(alive));
-      }
-    }
-    return out;
-  }
-
-  bool differentiates_inside() const { return differentiates_inside_; }
-
  private:
   static constexpr int kIndexBits = 40;
   static constexpr int64_t kIndexMask = (int64_t(1) << kIndexBits) - 1;
+
+  // The known tensor that `t` is or views, when it requires grad, or an undefined tensor.
+  at::Tensor outside_of(const at::Tensor& t) const {
+    if (!t.requires_grad()) {
+      return at::Tensor();
+    }
+    const at::Tensor base = t.is_view() ? at::Tensor(t._base()) : t;
+    auto found = known_.find(base.unsafeGetTensorImpl());
+    if (found == known_.end()) {
+      return at::Tensor();
+    }
+    const auto alive = found->second.lock();
+    return alive && alive.get() == base.unsafeGetTensorImpl() ? base : at::Tensor();
+  }
 
   static int64_t encode(int64_t segment, size_t index) {
     return (segment << kIndexBits) | static_cast<int64_t>(index);
@@ -256,6 +261,12 @@ class SavedLedger {
       return;
     }
     const Meta& m = s.meta[index];
+    const auto forward_object = m.object.lock();
+    if (forward_object && forward_object.get() == t.unsafeGetTensorImpl() && t._version() != m.version) {
+      mismatch_ = "saved tensor " + std::to_string(index) +
+                  " comes from outside the solve and was modified in place since the forward saved it";
+      return;
+    }
     if (!t.sizes().equals(m.sizes) || t.scalar_type() != m.dtype) {
       std::ostringstream out;
       out << "saved tensor " << index << " has shape " << t.sizes() << " and dtype " << t.scalar_type()
@@ -263,12 +274,12 @@ class SavedLedger {
       mismatch_ = out.str();
       return;
     }
-    at::Tensor outside = outside_of(t);
-    if (outside.defined()) {
-      auto copy = copies_.find(outside.unsafeGetTensorImpl());
-      if (copy != copies_.end()) {
-        outside = copy->second;
-      }
+    // A copy of the input state stands for the input the forward started from.
+    at::Tensor outside;
+    if (t.requires_grad()) {
+      const at::Tensor base = t.is_view() ? at::Tensor(t._base()) : t;
+      auto copy = copies_.find(base.unsafeGetTensorImpl());
+      outside = copy != copies_.end() ? copy->second : outside_of(t);
     }
     // A tensor from outside must be the one the forward used; one the forward made
     // inside func (a fresh leaf) and that has died since cannot be compared.
@@ -294,7 +305,7 @@ class SavedLedger {
   std::unordered_map<c10::TensorImpl*, at::Tensor> copies_;
   std::string mismatch_;
   std::unordered_map<c10::TensorImpl*, std::pair<WeakImpl, uint32_t>> outside_versions_;
-  bool differentiates_inside_ = false;
+  std::unordered_map<c10::TensorImpl*, WeakImpl> known_;
 };
 
 }  // namespace
@@ -303,6 +314,7 @@ void bind_saved_ledger(py::module_& m) {
   py::class_<SavedLedger>(m, "SavedLedger",
                           "Saved-tensor bookkeeping of one anode/revolve solve (anode_ext/_checkpointed.py).")
       .def(py::init<py::object, std::string>(), py::arg("recompute"), py::arg("mode"))
+      .def("set_known", &SavedLedger::set_known)
       .def("start_segment", &SavedLedger::start_segment)
       .def("end_segment", &SavedLedger::end_segment)
       .def("release_live", &SavedLedger::release_live)
@@ -312,9 +324,7 @@ void bind_saved_ledger(py::module_& m) {
       .def("keep", &SavedLedger::keep)
       .def("kept", &SavedLedger::kept)
       .def("finish_record", &SavedLedger::finish_record)
-      .def("outside_unchanged", &SavedLedger::outside_unchanged)
-      .def("outside_tensors", &SavedLedger::outside_tensors)
-      .def_property_readonly("differentiates_inside", &SavedLedger::differentiates_inside);
+      .def("outside_unchanged", &SavedLedger::outside_unchanged);
 }
 
 }  // namespace anode_ext
