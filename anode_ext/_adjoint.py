@@ -36,15 +36,18 @@ def _leaves(outputs: Sequence[Tensor], own: Sequence[Tensor], named: Sequence[Te
     """The leaf tensors requiring grad that `outputs` were computed from, other than
     `own`; a ValueError for a non-leaf tensor from before `start` not in `named`."""
     own_ids = {id(t) for t in own}
-    named_nodes = {id(t.grad_fn) for t in named if t.grad_fn is not None}
+    named_nodes = {id(node): node for node in (t.grad_fn for t in named) if node is not None}
     found: dict[int, Tensor] = {}
     stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
-    seen: set[int] = set()
+    # Node objects are kept alive, not only their ids: a C++ node's Python object lives
+    # only while referenced (the next access makes another), and a freed one's id is
+    # reused. Held, the same object comes back for the same node.
+    seen: dict[int, object] = {}
     while stack:
         node = stack.pop()
         if id(node) in seen or id(node) in named_nodes:
             continue
-        seen.add(id(node))
+        seen[id(node)] = node
         variable = getattr(node, "variable", None)
         if isinstance(variable, Tensor):
             if id(variable) not in own_ids:
