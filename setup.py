@@ -1,7 +1,8 @@
 """Builds anode_ext and its compiled library anode_ext._C.
 
-CPU kernels are always built. CUDA kernels are built when torch is a CUDA build
-and a CUDA toolkit is found; no GPU is needed at build time.
+CPU kernels are always built, with OpenMP when the C++ compiler accepts -fopenmp.
+CUDA kernels are built when torch is a CUDA build and a CUDA toolkit is found; no
+GPU is needed at build time.
 
 Environment:
   ANODE_EXT_FORCE_CUDA=1   a missing CUDA toolkit or CPU-only torch is an error
@@ -9,12 +10,17 @@ Environment:
   CUDA_HOME                the toolkit root (the folder holding include/cuda_runtime.h)
   TORCH_CUDA_ARCH_LIST     CUDA architectures; default: the visible GPUs, else "8.0;9.0"
   MAX_JOBS                 parallel compile jobs (ninja)
+  CXX                      the C++ compiler (default c++)
 """
 
+import functools
 import glob
 import os
 import re
+import shlex
 import shutil
+import subprocess
+import tempfile
 
 from setuptools import setup
 
@@ -29,6 +35,38 @@ def env_flag(name: str) -> bool:
     if value in ("1", "true", "yes", "on"):
         return True
     raise RuntimeError(f"{name}={value!r} is not understood; expected 1 or 0")
+
+
+OPENMP_PROBE = """
+#include <omp.h>
+int main() { return omp_get_max_threads() > 0 ? 0 : 1; }
+"""
+
+
+@functools.cache
+def compiler_has_openmp() -> bool:
+    """Whether the C++ compiler compiles and links OpenMP code with -fopenmp.
+
+    Apple clang, and clang without libomp, do not. The build works without OpenMP:
+    at::parallel_for then runs its loop on one thread and `#pragma omp` is ignored.
+    """
+    # The compiler torch.utils.cpp_extension compiles with (its get_cxx_compiler).
+    compiler = shlex.split(os.environ.get("CXX", "c++"))
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, "probe.cpp")
+        with open(source, "w") as f:
+            f.write(OPENMP_PROBE)
+        command = compiler + ["-fopenmp", source, "-o", os.path.join(folder, "probe")]
+        try:
+            accepted = subprocess.run(command, capture_output=True).returncode == 0
+        except OSError:
+            accepted = False
+    if not accepted:
+        print(
+            f"anode_ext: {' '.join(compiler)} does not build OpenMP code with -fopenmp; "
+            "building without OpenMP, so the CPU kernels run on one thread"
+        )
+    return accepted
 
 
 def is_toolkit_root(path: str) -> bool:
@@ -125,7 +163,8 @@ def extensions():
     defines = [f'-DANODE_EXT_TORCH_VERSION="{torch.__version__}"']
     # No contraction of a*b+c into fma: the CPU and CUDA kernels then round the
     # same way and their results agree bit for bit.
-    cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-Wno-unknown-pragmas", "-Wno-psabi"]
+    openmp = ["-fopenmp"] if compiler_has_openmp() else []
+    cxx_flags = ["-O3", *openmp, "-ffp-contract=off", "-Wno-unknown-pragmas", "-Wno-psabi"]
     nvcc_flags = ["-O3", "--fmad=false", "--expt-relaxed-constexpr"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if with_cuda:
@@ -151,7 +190,7 @@ def extensions():
             sources=sources,
             include_dirs=include_dirs,
             extra_compile_args=compile_args,
-            extra_link_args=["-fopenmp"],
+            extra_link_args=openmp,
         )
     ]
 
