@@ -6,10 +6,11 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from .odeint import check_solve_options, check_time, odeint
+from .modes import GradMode, as_grad_mode
+from .odeint import check_steps, check_time, odeint
 from .tableau import Tableau, get_tableau
 
-__all__ = ["ODEBlock"]
+__all__ = ["FixedStepBlock", "ODEBlock"]
 
 
 def block_time(value: float | Tensor, name: str) -> float | Tensor:
@@ -23,62 +24,75 @@ def format_time(value: float | Tensor) -> str:
     return f"{float(value.detach()):g}" if isinstance(value, Tensor) else f"{value:g}"
 
 
-class ODEBlock(nn.Module):
+class FixedStepBlock(nn.Module):
+    """What ODEBlock and CoupledODEBlock share: func, the times, steps, tableau and mode.
+
+    ``grad`` may be reassigned, as a mode or its name, and is checked when it is."""
+
+    def __init__(self, func: Callable, t0: float | Tensor, t1: float | Tensor, steps: int,
+                 method: str | Tableau, grad: str | GradMode) -> None:
+        super().__init__()
+        self.func = func
+        self.t0 = block_time(t0, "t0")
+        self.t1 = block_time(t1, "t1")
+        self.steps = check_steps(steps)
+        self.tableau = get_tableau(method)
+        self.grad = grad
+
+    @property
+    def grad(self) -> GradMode:
+        """The gradient mode (see anode_ext.modes)."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: str | GradMode) -> None:
+        self._grad = as_grad_mode(value)
+
+    def extra_repr(self) -> str:
+        return solve_repr(self.t0, self.t1, self.steps, self.tableau, self.grad, self.func)
+
+
+class ODEBlock(FixedStepBlock):
     """``x -> y(t1)`` where ``dy/dt = func(t, y)``, ``y(t0) = x``, solved in `steps` fixed steps.
 
     With ``method="euler", steps=1, t1=1`` it computes the residual block ``x + func(0, x)``.
-    t0 and t1 may be tensors; an ``nn.Parameter`` is registered, giving a learnable
-    integration time. See :func:`anode_ext.odeint` for `grad` and the checkpointing options.
+
+    Args:
+        func: ``func(t, y)`` returning dy/dt of y's shape; an nn.Module is registered.
+        t0, t1: the integration times, floats or tensors (an ``nn.Parameter`` is
+            registered, giving a learnable integration time).
+        steps, method, grad: as for :func:`anode_ext.odeint`; grad is a mode of
+            ``anode_ext.modes`` or its name.
+
+    Input and output: a tensor of any shape func accepts; the output has the input's.
+
+    Raises:
+        TypeError, ValueError: for a func, time or option that is not as described.
     """
 
     def __init__(
         self,
         func: Callable[[float, Tensor], Tensor],
+        *,
+        t0: float | Tensor = 0.0,
         t1: float | Tensor = 1.0,
         steps: int = 1,
         method: str | Tableau = "rk4",
-        grad: str = "anode",
-        *,
-        t0: float | Tensor = 0.0,
-        checkpoints: int | None = None,
-        memory_budget: int | None = None,
+        grad: str | GradMode = "anode",
     ) -> None:
-        super().__init__()
         if not callable(func):
             raise TypeError(f"func must be callable as func(t, x), got {type(func).__name__}")
-        self.func = func
-        self.tableau = get_tableau(method)
-        self.steps, self.grad = check_solve_options(steps, grad, checkpoints, memory_budget)
-        self.t0 = block_time(t0, "t0")
-        self.t1 = block_time(t1, "t1")
-        self.checkpoints = checkpoints
-        self.memory_budget = memory_budget
+        super().__init__(func, t0, t1, steps, method, grad)
 
     def forward(self, x: Tensor) -> Tensor:
-        return odeint(
-            self.func,
-            x,
-            self.t0,
-            self.t1,
-            steps=self.steps,
-            method=self.tableau,
-            grad=self.grad,
-            checkpoints=self.checkpoints,
-            memory_budget=self.memory_budget,
-        )
+        return odeint(self.func, x, self.t0, self.t1, steps=self.steps, method=self.tableau, grad=self.grad)
 
-    def extra_repr(self) -> str:
-        parts = [
-            f"t0={format_time(self.t0)}",
-            f"t1={format_time(self.t1)}",
-            f"steps={self.steps}",
-            f"method={self.tableau.name}",
-            f"grad={self.grad}",
-        ]
-        if self.checkpoints is not None:
-            parts.append(f"checkpoints={self.checkpoints}")
-        if self.memory_budget is not None:
-            parts.append(f"memory_budget={self.memory_budget}")
-        if not isinstance(self.func, nn.Module):
-            parts.append(f"func={getattr(self.func, '__qualname__', repr(self.func))}")
-        return ", ".join(parts)
+
+def solve_repr(t0: float | Tensor, t1: float | Tensor, steps: int, tableau: Tableau, grad: GradMode,
+               func: object) -> str:
+    """The extra_repr of a block: its times, steps, method, mode and, if not a module, func."""
+    parts = [f"t0={format_time(t0)}", f"t1={format_time(t1)}", f"steps={steps}", f"method={tableau.name}",
+             f"grad={grad!r}"]
+    if not isinstance(func, nn.Module):
+        parts.append(f"func={getattr(func, '__qualname__', repr(func))}")
+    return ", ".join(parts)

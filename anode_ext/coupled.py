@@ -19,11 +19,12 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .block import block_time, format_time
-from .odeint import check_solve_options, check_time, odeint, solve_problem
+from .block import FixedStepBlock
+from .modes import GradMode
+from .odeint import fixed_step_problem, odeint
 from .rda import RDA
 from .solver import Problem, State, checked_derivative, combine_stages
-from .tableau import Tableau, get_tableau
+from .tableau import Tableau
 
 __all__ = ["CoupledODEBlock", "evolving_weights"]
 
@@ -85,38 +86,41 @@ class _CoupledProblem(Problem):
         return (next_z, *(steps[-1] for steps in fused))
 
 
-class CoupledODEBlock(nn.Module):
-    """``x -> z(t1)`` of the coupled system above; see the module docstring.
+class CoupledODEBlock(FixedStepBlock):
+    """``x -> z(t1)`` of the coupled system above (Zhang et al., "ANODEV2", NeurIPS 2019,
+    section 3); see the module docstring.
 
     Args:
         func: the module f, called as ``func(t, z)``.
+        t0, t1, steps, method, grad: as for ODEBlock (t0 and t1 may be tensors, an
+            nn.Parameter for a learnable integration time).
         q: ``"rda"``, ``"none"`` or a module ``q(t, thetas)`` returning one tensor per weight.
         weights: names of the parameters of func that evolve (default: every Conv and
             Linear weight, see ``evolving_weights``).
         reaction: rho of the RDA dynamics, ``"tanh"`` or ``"relu"``.
-        t1, steps, method, grad, t0, checkpoints, memory_budget: as for ODEBlock (t0 and t1
-            may be tensors, an nn.Parameter for a learnable integration time).
+
+    Input and output: a tensor of any shape func accepts; the output has the input's.
+
+    Raises:
+        TypeError, ValueError: for a func, weight name, q or option that is not as described.
     """
 
     def __init__(
         self,
         func: nn.Module,
-        q: str | nn.Module = "rda",
-        weights: Sequence[str] | None = None,
+        *,
+        t0: float | Tensor = 0.0,
         t1: float | Tensor = 1.0,
         steps: int = 1,
         method: str | Tableau = "rk4",
-        grad: str = "anode",
-        *,
-        t0: float | Tensor = 0.0,
+        grad: str | GradMode = "anode",
+        q: str | nn.Module = "rda",
+        weights: Sequence[str] | None = None,
         reaction: str = "tanh",
-        checkpoints: int | None = None,
-        memory_budget: int | None = None,
     ) -> None:
-        super().__init__()
         if not isinstance(func, nn.Module):
             raise TypeError(f"func must be an nn.Module (its weights evolve), got {type(func).__name__}")
-        self.func = func
+        super().__init__(func, t0, t1, steps, method, grad)
         params = dict(func.named_parameters())
         self.weight_names = list(evolving_weights(func) if weights is None else weights)
         missing = [name for name in self.weight_names if name not in params]
@@ -129,10 +133,6 @@ class CoupledODEBlock(nn.Module):
         elif q != "none" and not isinstance(q, nn.Module):
             raise ValueError(f"q must be 'rda', 'none' or an nn.Module q(t, thetas); got {q!r}")
         self.q = q
-        self.tableau = get_tableau(method)
-        self.steps, self.grad = check_solve_options(steps, grad, checkpoints, memory_budget)
-        self.t0, self.t1 = block_time(t0, "t0"), block_time(t1, "t1")
-        self.checkpoints, self.memory_budget = checkpoints, memory_budget
 
     @property
     def coupled(self) -> bool:
@@ -140,21 +140,15 @@ class CoupledODEBlock(nn.Module):
         return self.q != "none" and bool(self.weight_names)
 
     def forward(self, x: Tensor) -> Tensor:
-        options = dict(steps=self.steps, method=self.tableau, grad=self.grad,
-                       checkpoints=self.checkpoints, memory_budget=self.memory_budget)
         if not self.coupled:
-            return odeint(self.func, x, self.t0, self.t1, **options)
+            return odeint(self.func, x, self.t0, self.t1, steps=self.steps, method=self.tableau, grad=self.grad)
         params = dict(self.func.named_parameters())
         thetas = tuple(params[name] for name in self.weight_names)
-        t0, t1 = check_time(self.t0, "t0"), check_time(self.t1, "t1")
-        problem = _CoupledProblem(_JointDynamics(self), self.tableau, t0, (t1 - t0) / self.steps, self.steps)
-        (z, *_) = solve_problem(problem, (x, *thetas), self.grad, self.checkpoints, self.memory_budget, (), self)
+        problem = fixed_step_problem(_JointDynamics(self), self.t0, self.t1, self.steps, self.tableau,
+                                     kind=_CoupledProblem)
+        (z, *_) = self.grad.solve(problem, (x, *thetas), self)
         return z
 
     def extra_repr(self) -> str:
         q = self.q if isinstance(self.q, str) else type(self.q).__name__
-        parts = [f"t0={format_time(self.t0)}", f"t1={format_time(self.t1)}", f"steps={self.steps}", f"method={self.tableau.name}",
-                 f"grad={self.grad}", f"q={q}", f"evolving={len(self.weight_names)}"]
-        if self.checkpoints is not None:
-            parts.append(f"checkpoints={self.checkpoints}")
-        return ", ".join(parts)
+        return f"{super().extra_repr()}, q={q}, evolving={len(self.weight_names)}"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from anode_ext import odeint
+from anode_ext import Revolve, odeint
 from anode_ext.models.blocks import ResNetBranch
 from anode_ext.bench.timing import synchronize
 
@@ -21,7 +21,7 @@ def test_rk4_step_forward_backward(benchmark, device, block, grad):
     func, x = block
 
     def run():
-        odeint(func, x, steps=2, method="rk4", grad=grad, checkpoints=1 if grad == "revolve" else None).sum().backward()
+        odeint(func, x, steps=2, method="rk4", grad=Revolve(checkpoints=1) if grad == "revolve" else grad).sum().backward()
         synchronize(device)
 
     benchmark.pedantic(run, rounds=5, warmup_rounds=1)

@@ -22,6 +22,7 @@ from rda_reference import rda_reference  # noqa: E402
 
 import anode_ext  # noqa: E402
 from anode_ext import TABLEAUX, Tableau, models, odeint, rda_rhs, rda_rk_step, rk_combine  # noqa: E402
+from anode_ext.modes import grad_mode_named  # noqa: E402
 
 EXAMPLES = int(os.environ.get("ANODE_EXT_FUZZ_EXAMPLES", "50"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
@@ -243,10 +244,13 @@ def test_odeint(case):
         "empty": torch.zeros(0, 2, dtype=torch.float64, requires_grad=True),
     }[y0_kind]
     method_value = Tableau([[], [0.5]], [0.0, 1.0]) if method == "table" else method
-    kwargs = dict(steps=steps, method=method_value, grad=grad)
-    if checkpoints is not None:
-        kwargs["checkpoints"] = checkpoints
-    call = lambda: odeint(FUNCS[func], y0, time_value(t0), time_value(t1), **kwargs)  # noqa: E731
+    kwargs = dict(steps=steps, method=method_value)
+
+    def call():
+        # A mode with options is made inside the call: its checks are what is fuzzed too.
+        mode = grad if checkpoints is None else grad_mode_named(grad, checkpoints=checkpoints)
+        return odeint(FUNCS[func], y0, time_value(t0), time_value(t1), grad=mode, **kwargs)
+
     problems = []
     if y0_kind in ("list", "none"):
         problems.append("y0")
@@ -262,7 +266,7 @@ def test_odeint(case):
         problems.append("method|tableau")
     if grad == "bogus":
         problems.append("grad")
-    if checkpoints is not None and grad != "revolve":
+    if checkpoints is not None and grad not in ("revolve", "bogus"):
         problems.append("checkpoints")
     if checkpoints in (0, "x") and grad == "revolve":
         problems.append("checkpoints")
@@ -276,9 +280,7 @@ def test_odeint(case):
         return
     out = call()
     assert out.shape == y0.shape
-    kwargs["grad"] = "direct"
-    kwargs.pop("checkpoints", None)
-    expected = odeint(FUNCS[func], y0, time_value(t0), time_value(t1), **kwargs)
+    expected = odeint(FUNCS[func], y0, time_value(t0), time_value(t1), grad="direct", **kwargs)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     if out.numel():
         (g,) = torch.autograd.grad(out.sum(), y0)
@@ -325,7 +327,7 @@ def test_models_create(name, width, steps, method, grad, coupled, num_classes):
 
 TRAIN_VOCABULARY = {
     "--model": ["sqnxt", "resnet", "vgg", ""], "--width": ["0.0625", "0", "-1", "x"], "--method": ["euler", "bogus"],
-    "--steps": ["1", "0", "x"], "--grad": ["anode", "bogus"], "--checkpoints": ["1", "0"],
+    "--steps": ["1", "0", "x"], "--grad": ["anode", "bogus"], "--checkpoints": ["1", "0"], "--memory-budget": ["1000000", "-1"],
     "--coupled": ["none", "all", "1,2", "x", "9"], "--epochs": ["1", "0", "x"], "--batch-size": ["8", "0"],
     "--lr": ["0.1", "-1", "nan", "x"], "--skip-nonfinite": ["0", "2", "-1"], "--dataset": ["synthetic", "mnist"],
     "--seed": ["0", "x"], "--device": ["cpu", "tpu"], "--bogus-flag": ["1"],

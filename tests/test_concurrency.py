@@ -9,6 +9,7 @@ import torch
 from odefuncs import ConvBNFunc, MLPFunc
 
 from anode_ext import odeint, revolve
+from anode_ext.modes import grad_mode_named
 
 MODES = [("direct", None), ("anode", None), ("revolve", 2), ("adjoint", None)]
 THREADS = 4
@@ -45,7 +46,7 @@ def test_shared_module_in_threads(grad, checkpoints):
     params = list(func.parameters())
 
     def work(i):
-        y = odeint(func, inputs[i], steps=6, method="rk4", grad=grad, checkpoints=checkpoints)
+        y = odeint(func, inputs[i], steps=6, method="rk4", grad=grad_mode_named(grad, checkpoints=checkpoints))
         return torch.autograd.grad(y.square().sum(), [inputs[i], *params])
 
     serial = [work(i) for i in range(THREADS)]
@@ -64,7 +65,7 @@ def test_modules_with_buffers_in_threads(grad, checkpoints):
     def work(i, funcs):
         func = funcs[i]
         y0 = (x + i).requires_grad_(True)
-        y = odeint(func, y0, steps=3, grad=grad, checkpoints=checkpoints)
+        y = odeint(func, y0, steps=3, grad=grad_mode_named(grad, checkpoints=checkpoints))
         grads = torch.autograd.grad(y.square().sum(), [y0, *func.parameters()])
         return grads, [b.clone() for b in func.buffers()]
 
@@ -91,7 +92,7 @@ def test_record_sees_only_its_own_thread():
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
 
     def solve(_):
-        odeint(func, x, steps=4, grad="revolve", checkpoints=1).sum().backward()
+        odeint(func, x, steps=4, grad=grad_mode_named("revolve", checkpoints=1)).sum().backward()
 
     with revolve.record() as events:
         run_threads(solve)

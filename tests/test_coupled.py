@@ -8,6 +8,7 @@ from torch import nn
 
 from anode_ext import RDA, TABLEAUX, CoupledODEBlock, ODEBlock, evolving_weights
 from anode_ext.bench.memory import count_saved_bytes
+from anode_ext.modes import grad_mode_named
 
 
 class Zero(nn.Module):
@@ -28,7 +29,7 @@ class GenericRDA(nn.Module):
 
 def make_block(q="rda", grad="direct", method="rk4", steps=3, checkpoints=None, seed=0, coefficient_scale=0.3):
     torch.manual_seed(seed)
-    block = CoupledODEBlock(ConvBNFunc(3), q=q, steps=steps, method=method, grad=grad, checkpoints=checkpoints).double()
+    block = CoupledODEBlock(ConvBNFunc(3), q=q, steps=steps, method=method, grad=grad_mode_named(grad, checkpoints=checkpoints)).double()
     if isinstance(block.q, RDA):
         with torch.no_grad():
             for c in block.q.coefficients:
@@ -105,7 +106,7 @@ def test_fused_step_equals_generic_path(method):
 @pytest.mark.parametrize("method", sorted(TABLEAUX))
 def test_exact_gradients(method, steps, grad, checkpoints):
     _, expected = gradients(make_block(method=method, steps=steps), input_for())
-    _, got = gradients(make_block(method=method, steps=steps, grad=grad, checkpoints=checkpoints), input_for())
+    _, got = gradients(make_block(method=method, steps=steps, grad=grad_mode_named(grad, checkpoints=checkpoints)), input_for())
     assert len(got) == len(expected)
     for i, (a, b) in enumerate(zip(got, expected)):
         assert b.abs().max() > 0
@@ -133,7 +134,7 @@ def test_anode_saves_only_the_block_input():
 @pytest.mark.parametrize("grad, checkpoints", [("anode", None), ("revolve", 1)])
 def test_batchnorm_statistics_once_per_step(grad, checkpoints):
     reference = make_block()
-    block = make_block(grad=grad, checkpoints=checkpoints)
+    block = make_block(grad=grad_mode_named(grad, checkpoints=checkpoints))
     for seed in range(3):
         gradients(reference, input_for(seed))
         gradients(block, input_for(seed))
@@ -160,8 +161,8 @@ def test_errors():
 
 
 def test_repr():
-    text = repr(make_block(grad="revolve", checkpoints=2))
-    assert "steps=3, method=rk4, grad=revolve, q=RDA, evolving=2, checkpoints=2" in text
+    text = repr(make_block(grad=grad_mode_named("revolve", checkpoints=2)))
+    assert "steps=3, method=rk4, grad=Revolve(checkpoints=2), q=RDA, evolving=2" in text
 
 
 def test_tied_weights_evolve_once():

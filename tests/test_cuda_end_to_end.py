@@ -7,6 +7,7 @@ from odefuncs import ConvBNFunc, all_grads, make_func
 from testing import needs_cuda, relative_error
 
 from anode_ext import CoupledODEBlock, models, odeint
+from anode_ext.modes import grad_mode_named
 
 pytestmark = needs_cuda
 
@@ -17,7 +18,7 @@ def solve_and_grads(device, method, grad, checkpoints=None):
     func, x = make_func("conv_bn")
     func = func.to(device).train()
     x = x.detach().to(device).requires_grad_(True)
-    y = odeint(func, x, 0.0, 0.7, steps=3, method=method, grad=grad, checkpoints=checkpoints)
+    y = odeint(func, x, 0.0, 0.7, steps=3, method=method, grad=grad_mode_named(grad, checkpoints=checkpoints))
     weight = torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=device).view(y.shape)
     (y * weight).sum().backward()
     return y.detach().cpu(), [g.cpu() for g in all_grads(func, x)]

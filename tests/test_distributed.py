@@ -12,6 +12,7 @@ from odefuncs import MLPFunc
 from torch import nn
 
 from anode_ext import ODEBlock
+from anode_ext.modes import grad_mode_named
 
 GLOBAL_BATCH = 8
 
@@ -19,7 +20,7 @@ GLOBAL_BATCH = 8
 def make_model(grad):
     torch.manual_seed(0)
     checkpoints = 1 if grad == "revolve" else None
-    return nn.Sequential(ODEBlock(MLPFunc(), steps=3, grad=grad, checkpoints=checkpoints), nn.Linear(4, 2)).double()
+    return nn.Sequential(ODEBlock(MLPFunc(), steps=3, grad=grad_mode_named(grad, checkpoints=checkpoints)), nn.Linear(4, 2)).double()
 
 
 def make_data():

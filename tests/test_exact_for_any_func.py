@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from anode_ext import CoupledODEBlock, ODEBlock, odeint
+from anode_ext import Adjoint, CoupledODEBlock, ODEBlock, odeint
+from anode_ext.modes import grad_mode_named
 from anode_ext.revolve import schedule
 
 MODES = [("anode", None), ("revolve", 1), ("revolve", 2)]
@@ -32,7 +33,7 @@ def test_state_captured_by_the_closure(grad, checkpoints):
         torch.manual_seed(0)
         x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
         lin = nn.Linear(3, 3).double()
-        out = odeint(lambda t, z: torch.tanh(lin(z)) + x, x, 0.0, 1.0, steps=3, method="rk4", grad=mode, checkpoints=c)
+        out = odeint(lambda t, z: torch.tanh(lin(z)) + x, x, 0.0, 1.0, steps=3, method="rk4", grad=grad_mode_named(mode, checkpoints=c))
         out.pow(2).sum().backward()
         return [x.grad, lin.weight.grad, lin.bias.grad]
 
@@ -46,7 +47,7 @@ def test_non_leaf_tensor_of_the_same_graph(grad, checkpoints):
         x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
         w = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
         context = torch.sin(x @ w)  # computed outside the solve, used inside
-        out = odeint(lambda t, z: torch.tanh(z * context), x.cos(), steps=4, method="midpoint", grad=mode, checkpoints=c)
+        out = odeint(lambda t, z: torch.tanh(z * context), x.cos(), steps=4, method="midpoint", grad=grad_mode_named(mode, checkpoints=c))
         (out.square().sum() + context.sum()).backward()
         return [x.grad, w.grad]
 
@@ -60,7 +61,7 @@ def test_layers_chosen_by_time(grad, checkpoints):
         layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(4)).double()
         y0 = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
         func = lambda t, y: torch.tanh(layers[min(int(4 * t), 3)](y))  # noqa: E731
-        odeint(func, y0, 0.0, 1.0, steps=4, method="euler", grad=mode, checkpoints=c).square().sum().backward()
+        odeint(func, y0, 0.0, 1.0, steps=4, method="euler", grad=grad_mode_named(mode, checkpoints=c)).square().sum().backward()
         return [y0.grad] + [p.grad for p in layers.parameters()]
 
     got = run(grad, checkpoints)
@@ -86,7 +87,7 @@ def test_hooks_fire_as_under_direct(grad, checkpoints):
         lin.weight.register_hook(scale)
         lin.weight.register_post_accumulate_grad_hook(accumulated)
         x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-        out = odeint(lambda t, z: torch.tanh(lin(z)), x, steps=3, grad=mode, checkpoints=c)
+        out = odeint(lambda t, z: torch.tanh(lin(z)), x, steps=3, grad=grad_mode_named(mode, checkpoints=c))
         (out.pow(2).sum() + lin(x).sum()).backward()
         return [x.grad, lin.weight.grad, lin.bias.grad], calls
 
@@ -110,7 +111,7 @@ def test_hook_on_a_tensor_inside_func(grad, checkpoints):
             return torch.tanh(h)
 
         x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-        odeint(func, x, steps=2, method="heun", grad=mode, checkpoints=c).square().sum().backward()
+        odeint(func, x, steps=2, method="heun", grad=grad_mode_named(mode, checkpoints=c)).square().sum().backward()
         return [x.grad, lin.weight.grad], seen
 
     got, got_seen = run(grad, checkpoints)
@@ -143,7 +144,7 @@ def test_buffers_as_the_forward_had_them(grad, checkpoints):
         torch.manual_seed(0)
         func = PowerIteration(3).double()
         x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-        odeint(func, x, steps=4, method="rk4", grad=mode, checkpoints=c).square().sum().backward()
+        odeint(func, x, steps=4, method="rk4", grad=grad_mode_named(mode, checkpoints=c)).square().sum().backward()
         return [x.grad, func.lin.weight.grad, func.lin.bias.grad], func.u.clone()
 
     got, got_u = run(grad, checkpoints)
@@ -159,7 +160,7 @@ def time_gradients(mode, c, which):
     times[which].requires_grad_(True)
     y0 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     func = lambda t, y: torch.tanh(lin(y)) * (1 + t)  # noqa: E731
-    out = odeint(func, y0, times["t0"], times["t1"], steps=4, method="rk4", grad=mode, checkpoints=c)
+    out = odeint(func, y0, times["t0"], times["t1"], steps=4, method="rk4", grad=grad_mode_named(mode, checkpoints=c))
     out.square().sum().backward()
     return [times[which].grad, y0.grad, lin.weight.grad]
 
@@ -229,9 +230,9 @@ def test_adjoint_refuses_learnable_times():
 def test_adjoint_names_what_it_cannot_differentiate():
     x = torch.randn(3, requires_grad=True)
     context = x * 2
-    with pytest.raises(ValueError, match="computed outside the solve and requires grad .* name it in params="):
+    with pytest.raises(ValueError, match=r"computed outside the solve and requires grad .* name it in Adjoint\(params=\.\.\.\)"):
         odeint(lambda t, y: y * context, x.detach(), steps=2, grad="adjoint")
-    y = odeint(lambda t, y: y * context, x.detach(), steps=2, grad="adjoint", params=[context])
+    y = odeint(lambda t, y: y * context, x.detach(), steps=2, grad=Adjoint(params=[context]))
     y.sum().backward()
     assert x.grad is not None and x.grad.abs().max() > 0
 
@@ -240,7 +241,7 @@ def test_adjoint_names_what_it_cannot_differentiate():
 def test_parameter_modified_in_place_before_backward_is_refused(grad, checkpoints):
     lin = nn.Linear(3, 3).double()
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    out = odeint(lambda t, z: torch.tanh(lin(z)), x, steps=3, grad=grad, checkpoints=checkpoints)
+    out = odeint(lambda t, z: torch.tanh(lin(z)), x, steps=3, grad=grad_mode_named(grad, checkpoints=checkpoints))
     with torch.no_grad():
         lin.weight.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an in-place operation"):
@@ -252,7 +253,7 @@ def test_input_modified_in_place_before_backward_is_refused(grad, checkpoints):
     lin = nn.Linear(3, 3).double()
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     y0 = x * 1.0
-    out = odeint(lambda t, z: torch.tanh(lin(z)), y0, steps=3, grad=grad, checkpoints=checkpoints)
+    out = odeint(lambda t, z: torch.tanh(lin(z)), y0, steps=3, grad=grad_mode_named(grad, checkpoints=checkpoints))
     with torch.no_grad():
         y0.mul_(2.0)
     with pytest.raises(RuntimeError, match="modified by an in-place operation"):
@@ -270,7 +271,7 @@ def test_func_that_does_not_repeat_itself_is_refused(grad, checkpoints):
         return torch.tanh(h) if calls[0] <= 12 else torch.tanh(torch.tanh(h))
 
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    out = odeint(func, x, steps=3, method="rk4", grad=grad, checkpoints=checkpoints)
+    out = odeint(func, x, steps=3, method="rk4", grad=grad_mode_named(grad, checkpoints=checkpoints))
     with pytest.raises(RuntimeError, match="the recompute in backward did not repeat the forward"):
         out.sum().backward()
 
@@ -281,7 +282,7 @@ def test_backward_twice_with_retain_graph(grad, checkpoints):
         torch.manual_seed(0)
         lin = nn.Linear(3, 3).double()
         x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-        out = odeint(lambda t, z: torch.tanh(lin(z)), x, steps=5, grad=mode, checkpoints=c).square().sum()
+        out = odeint(lambda t, z: torch.tanh(lin(z)), x, steps=5, grad=grad_mode_named(mode, checkpoints=c)).square().sum()
         out.backward(retain_graph=True)
         out.backward()
         return [x.grad, lin.weight.grad]

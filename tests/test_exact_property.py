@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from anode_ext import TABLEAUX, odeint
+from anode_ext.modes import grad_mode_named
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
@@ -77,7 +78,7 @@ class Drawn:
         torch.manual_seed(1)
         self.context = torch.sin(self.x @ self.w)
         y0 = self.x * 1.5
-        out = odeint(self.func, y0, 0.0, self.t1, steps=steps, method=method, grad=grad, checkpoints=checkpoints)
+        out = odeint(self.func, y0, 0.0, self.t1, steps=steps, method=method, grad=grad_mode_named(grad, checkpoints=checkpoints))
         loss = out.square().sum()
         if "shared" in self.features:
             loss = loss + self.layers[0](self.x).sum()

@@ -4,7 +4,7 @@ import pytest
 import torch
 from odefuncs import make_func
 
-from anode_ext import odeint
+from anode_ext import Revolve, odeint
 from anode_ext.bench.memory import count_saved_bytes
 
 
@@ -36,7 +36,7 @@ def test_direct_grows_linearly(kind):
 @pytest.mark.parametrize("checkpoints", [1, 2, 3])
 def test_revolve_saves_at_most_its_checkpoints(checkpoints):
     for steps in (2, 5, 8):
-        total, state = saved("conv_bn", steps, "revolve", checkpoints=checkpoints)
+        total, state = saved("conv_bn", steps, Revolve(checkpoints=checkpoints))
         assert state <= total <= (min(checkpoints, steps - 1) + 1) * state
 
 
@@ -65,5 +65,5 @@ def test_anode_peak_is_the_recomputed_block(kind):
 
 def test_revolve_peak_is_below_anode_for_long_blocks():
     _, anode_peak = peak("conv_bn", 16, "anode")
-    _, revolve_peak = peak("conv_bn", 16, "revolve", checkpoints=2)
+    _, revolve_peak = peak("conv_bn", 16, Revolve(checkpoints=2))
     assert revolve_peak < anode_peak / 3

@@ -9,6 +9,7 @@ import torch
 from testing import relative_error
 
 from anode_ext import CoupledODEBlock, ODEBlock, models
+from anode_ext.modes import grad_mode_named
 
 SMALL = {"resnet": 0.125, "sqnxt": 0.25, "resnet_baseline": 0.125, "sqnxt_baseline": 0.25}
 
@@ -62,7 +63,7 @@ def test_training_step_equals_direct(family, grad, checkpoints, coupled):
     x = images(2, dtype=torch.float64)
     target = torch.tensor([1, 7])
     reference = small(family, steps=3, grad="direct", coupled=coupled).double()
-    model = small(family, steps=3, grad=grad, checkpoints=checkpoints, coupled=coupled).double()
+    model = small(family, steps=3, grad=grad_mode_named(grad, checkpoints=checkpoints), coupled=coupled).double()
     loss_ref, grads_ref = loss_and_grads(reference, x, target)
     loss, grads = loss_and_grads(model, x, target)
     assert loss == pytest.approx(loss_ref, rel=1e-12)

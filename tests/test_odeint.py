@@ -1,10 +1,13 @@
 """odeint's values against a plain-PyTorch Runge–Kutta loop, its options and its errors."""
 
+import inspect
+
 import pytest
 import torch
 from odefuncs import make_func
 
-from anode_ext import GRAD_MODES, TABLEAUX, odeint
+from anode_ext import GRAD_MODES, TABLEAUX, CoupledODEBlock, ODEBlock, Revolve, models, odeint
+from anode_ext.modes import as_grad_mode, grad_mode_named
 
 
 def plain_rk(f, y, t0, t1, steps, tableau):
@@ -62,16 +65,39 @@ def test_bad_steps(steps):
         odeint(func, x, steps=steps)
 
 
-def test_steps_is_required():
+def test_entry_points_share_names_defaults_and_keyword_only_options():
+    entry_points = (odeint, ODEBlock.__init__, CoupledODEBlock.__init__, models.create)
+    shared = ("t0", "t1", "steps", "method", "grad")
+    signatures = [inspect.signature(f).parameters for f in entry_points]
+    for name in shared:
+        assert len({params[name].default for params in signatures}) == 1, name
+    for params in signatures[1:]:
+        assert all(params[name].kind is inspect.Parameter.KEYWORD_ONLY for name in shared)
+    # odeint alone takes the times positionally, after func and y0, as torchdiffeq does.
+    assert list(signatures[0])[:4] == ["func", "y0", "t0", "t1"]
     func, x = make_func("mlp")
-    with pytest.raises(TypeError, match="steps"):
-        odeint(func, x)
+    torch.testing.assert_close(odeint(func, x), odeint(func, x, 0.0, 1.0, steps=1, method="rk4", grad="anode"))
+
+
+def test_unknown_grad_class_or_name():
+    func, x = make_func("mlp")
+    with pytest.raises(ValueError, match=r"grad=Revolve is a class; pass an instance, e.g. grad=Revolve\(\)"):
+        odeint(func, x, grad=Revolve)
+    with pytest.raises(ValueError, match="unknown grad=3"):
+        ODEBlock(func, grad=3)
+    block = ODEBlock(func)
+    block.grad = "revolve"
+    assert block.grad == Revolve()
+    with pytest.raises(ValueError, match="unknown grad='exact'"):
+        block.grad = "exact"
 
 
 def test_unknown_grad_lists_modes():
     func, x = make_func("mlp")
-    with pytest.raises(ValueError, match="unknown grad='exact'; expected one of direct, anode, revolve, adjoint"):
+    with pytest.raises(ValueError, match=r"unknown grad='exact'; expected a mode object .* or one of the names direct, anode, revolve, adjoint"):
         odeint(func, x, steps=1, grad="exact")
+    assert as_grad_mode("revolve") == Revolve() != Revolve(checkpoints=2)
+    assert {as_grad_mode(name).name for name in GRAD_MODES} == set(GRAD_MODES)
 
 
 def test_unknown_method():
@@ -114,7 +140,9 @@ def test_func_returning_non_tensor():
 
 def test_checkpoint_options_only_with_revolve():
     func, x = make_func("mlp")
-    with pytest.raises(ValueError, match="apply to grad='revolve' only"):
-        odeint(func, x, steps=2, grad="anode", checkpoints=1)
+    with pytest.raises(ValueError, match="grad='anode' takes no option checkpoints; checkpoints and memory_budget apply to revolve only"):
+        grad_mode_named("anode", checkpoints=1)
     with pytest.raises(ValueError, match="not both"):
-        odeint(func, x, steps=2, grad="revolve", checkpoints=1, memory_budget=10**6)
+        Revolve(checkpoints=1, memory_budget=10**6)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'checkpoints'"):
+        odeint(func, x, steps=2, grad="revolve", checkpoints=1)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anode_ext import odeint
+from anode_ext.modes import grad_mode_named
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:The PyTorch API of nested tensors:UserWarning", "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
@@ -38,7 +39,7 @@ class Normalizing(nn.Module):
         return torch.tanh(self.lin(y - self.running_mean.clone()))
 
     def forward(self, x, grad, checkpoints):
-        return odeint(self.dynamics, x, steps=4, grad=grad, checkpoints=checkpoints)
+        return odeint(self.dynamics, x, steps=4, grad=grad_mode_named(grad, checkpoints=checkpoints))
 
 
 class Reassigning(nn.Module):
@@ -72,7 +73,7 @@ def run_module(make, grad, checkpoints, call=None):
     torch.manual_seed(0)
     module = make().double()
     x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
-    out = call(module, x, grad, checkpoints) if call else odeint(module, x, steps=4, grad=grad, checkpoints=checkpoints)
+    out = call(module, x, grad, checkpoints) if call else odeint(module, x, steps=4, grad=grad_mode_named(grad, checkpoints=checkpoints))
     out.square().sum().backward()
     return [x.grad, *(p.grad for p in module.parameters()), *(b.clone() for b in module.buffers())]
 
@@ -114,7 +115,7 @@ def test_mode_switched_between_forward_and_backward(grad, checkpoints, forward_m
         func = Wrapped(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Tanh())).double()
         func.train(forward_mode == "train")
         x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
-        out = odeint(func, x, steps=3, grad=mode, checkpoints=c)
+        out = odeint(func, x, steps=3, grad=grad_mode_named(mode, checkpoints=c))
         func.train(forward_mode != "train")
         out.square().sum().backward()
         return [x.grad, *(p.grad for p in func.parameters()), *func.buffers()]
@@ -133,7 +134,7 @@ def test_hooks_registered_by_func(grad, checkpoints):
             return torch.tanh(y @ w)
 
         y0 = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
-        (g,) = torch.autograd.grad(odeint(func, y0, steps=2, method="midpoint", grad=mode, checkpoints=c).sum(), [w])
+        (g,) = torch.autograd.grad(odeint(func, y0, steps=2, method="midpoint", grad=grad_mode_named(mode, checkpoints=c)).sum(), [w])
         return g, calls[0]
 
     (g, calls), (e, expected_calls) = run(grad, checkpoints), run("direct", None)
@@ -157,7 +158,7 @@ def test_func_that_differentiates_inside_itself(grad, checkpoints, create_graph)
             return dh @ J.T + (0 if create_graph else torch.tanh(y))
 
         y0 = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64, requires_grad=True)
-        out = odeint(func, y0, steps=3, grad=mode, checkpoints=c)
+        out = odeint(func, y0, steps=3, grad=grad_mode_named(mode, checkpoints=c))
         out.square().sum().backward()
         return [y0.grad] + ([p.grad for p in energy.parameters()] if create_graph else [])
 
@@ -183,7 +184,7 @@ def test_changed_attribute_is_refused(grad, checkpoints):
 
     def build(mode, c):
         func = Conditioned()
-        y = odeint(func, torch.randn(3, 4, requires_grad=True), steps=3, grad=mode, checkpoints=c)
+        y = odeint(func, torch.randn(3, 4, requires_grad=True), steps=3, grad=grad_mode_named(mode, checkpoints=c))
         func.condition = torch.ones(4)  # set for the next batch before this one's backward
         return y
 
@@ -198,7 +199,7 @@ def test_swapped_parameters_are_refused(grad, checkpoints):
         lin = nn.Linear(4, 4)
         fast = {"weight": lin.weight.detach().clone().requires_grad_(True), "bias": lin.bias}
         func = lambda t, y: torch.tanh(functional_call(lin, fast, (y,)))  # noqa: E731
-        y = odeint(func, torch.randn(3, 4, requires_grad=True), steps=3, grad=mode, checkpoints=c)
+        y = odeint(func, torch.randn(3, 4, requires_grad=True), steps=3, grad=grad_mode_named(mode, checkpoints=c))
         fast["weight"] = lin.weight  # the next inner step swaps in other weights
         return y
 
@@ -211,7 +212,7 @@ def test_other_random_generators_are_refused(grad, checkpoints):
         generator = torch.Generator().manual_seed(0)
         lin = nn.Linear(4, 4)
         func = lambda t, y: torch.tanh(lin(y)) * torch.rand(y.shape, generator=generator)  # noqa: E731
-        return odeint(func, torch.randn(3, 4, requires_grad=True), steps=3, grad=mode, checkpoints=c)
+        return odeint(func, torch.randn(3, 4, requires_grad=True), steps=3, grad=grad_mode_named(mode, checkpoints=c))
 
     refused(build, grad, checkpoints)
 
@@ -220,8 +221,8 @@ def test_other_random_generators_are_refused(grad, checkpoints):
 def test_swapped_requires_grad_is_refused(grad, checkpoints):
     def build(mode, c):
         a, b = torch.randn(4, 4, requires_grad=True), torch.randn(4, 4)
-        y = odeint(lambda t, y: torch.tanh(y @ a) + torch.tanh(y @ b), torch.randn(3, 4), steps=2, grad=mode,
-                   checkpoints=c)
+        y = odeint(lambda t, y: torch.tanh(y @ a) + torch.tanh(y @ b), torch.randn(3, 4), steps=2, grad=grad_mode_named(mode,
+                   checkpoints=c))
         a.requires_grad_(False)
         b.requires_grad_(True)
         return y
@@ -235,7 +236,7 @@ def test_captured_constant_modified_in_place_is_refused(grad, checkpoints):
         context = torch.randn(3, 4)
         lin = nn.Linear(8, 4)
         y = odeint(lambda t, y: torch.tanh(lin(torch.cat([y, context], 1))), torch.randn(3, 4, requires_grad=True),
-                   steps=3, grad=mode, checkpoints=c)
+                   steps=3, grad=grad_mode_named(mode, checkpoints=c))
         context.copy_(torch.randn(3, 4))  # the next batch's conditioning, written into the same tensor
         return y
 
@@ -250,8 +251,8 @@ def test_second_backward_of_revolve_costs_one_more_forward():
         calls[0] += 1
         return torch.tanh(lin(y))
 
-    y = odeint(func, torch.randn(1, 2, requires_grad=True), steps=100, method="euler", grad="revolve",
-               checkpoints=3).sum()
+    y = odeint(func, torch.randn(1, 2, requires_grad=True), steps=100, method="euler", grad=grad_mode_named("revolve",
+               checkpoints=3)).sum()
     calls[0] = 0
     y.backward(retain_graph=True)
     first = calls[0]
@@ -267,8 +268,8 @@ def test_revolve_inside_torch_checkpoint():
         torch.manual_seed(0)
         lin = nn.Linear(4, 4).double()
         x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-        solve = lambda x: odeint(lambda t, y: torch.tanh(lin(y)), x, steps=8, grad=mode,  # noqa: E731
-                                 checkpoints=1 if mode == "revolve" else None)
+        solve = lambda x: odeint(lambda t, y: torch.tanh(lin(y)), x, steps=8,   # noqa: E731
+                                 grad=grad_mode_named(mode, checkpoints=1 if mode == "revolve" else None))
         checkpoint(solve, x, use_reentrant=False).square().sum().backward()
         return [x.grad, lin.weight.grad]
 
@@ -309,8 +310,8 @@ def test_constant_used_only_for_the_gradient_modified_is_refused(grad, checkpoin
             h = lin(y)
             return torch.tanh(h + (scale * h - (scale * h).detach()))
 
-        y = odeint(func, torch.randn(3, 5, dtype=torch.float64, requires_grad=True), steps=3, grad=mode,
-                   checkpoints=c)
+        y = odeint(func, torch.randn(3, 5, dtype=torch.float64, requires_grad=True), steps=3, grad=grad_mode_named(mode,
+                   checkpoints=c))
         scale.fill_(5.0)
         return y
 
@@ -339,7 +340,7 @@ def test_hooks_registered_by_func_on_any_tensor(grad, checkpoints, target):
             z.register_hook(halve)
             return torch.tanh(y * z)
 
-        odeint(func, u.detach(), steps=3, grad=mode, checkpoints=c).square().sum().backward()
+        odeint(func, u.detach(), steps=3, grad=grad_mode_named(mode, checkpoints=c)).square().sum().backward()
         return (b.grad if target == "unsaved-leaf" else u.grad), calls[0]
 
     (g, calls), (e, expected) = run(grad, checkpoints), run("direct", None)
@@ -387,8 +388,8 @@ def test_changes_are_seen_in_any_precision_and_beside_nan(grad, checkpoints, dty
         y0 = torch.randn(8, 16, dtype=dtype)
         if nan_row:
             y0[0] = float("nan")
-        y = odeint(lambda t, y: torch.tanh(lin(y) + shift["value"]), y0.requires_grad_(True), steps=3, grad=mode,
-                   checkpoints=c)
+        y = odeint(lambda t, y: torch.tanh(lin(y) + shift["value"]), y0.requires_grad_(True), steps=3, grad=grad_mode_named(mode,
+                   checkpoints=c))
         shift["value"] = torch.full((16,), 1.0, dtype=dtype)
         return y.nan_to_num()
 
@@ -413,8 +414,8 @@ def test_inputs_that_are_views_and_inputs_made_to_require_grad(grad, checkpoints
 
         data = torch.cat([torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64),
                           torch.zeros(5, 1, dtype=torch.float64)], 1)
-        out = odeint(cnf, data, steps=2, grad=mode, checkpoints=c)  # data requires no grad
-        hidden = odeint(lambda t, h: torch.tanh(h), h0.expand(5, -1), steps=2, grad=mode, checkpoints=c)
+        out = odeint(cnf, data, steps=2, grad=grad_mode_named(mode, checkpoints=c))  # data requires no grad
+        hidden = odeint(lambda t, h: torch.tanh(h), h0.expand(5, -1), steps=2, grad=grad_mode_named(mode, checkpoints=c))
         (out.square().sum() + hidden.sum()).backward()
         return [h0.grad, *(p.grad for p in net.parameters())]
 
@@ -434,7 +435,7 @@ def test_fresh_leaf_kept_alive_by_a_graph_made_inside_func(grad, checkpoints):
             return dh + 0.1 * y
 
         y0 = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64, requires_grad=True)
-        odeint(func, y0, steps=3, grad=mode, checkpoints=c).square().sum().backward()
+        odeint(func, y0, steps=3, grad=grad_mode_named(mode, checkpoints=c)).square().sum().backward()
         return [y0.grad, *(p.grad for p in energy.parameters())]
 
     assert_same(run(grad, checkpoints), run("direct", None))
@@ -447,7 +448,7 @@ def test_caller_hooks_that_copy_during_backward(grad, checkpoints):
         lin = nn.Linear(4, 4).double()
         x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
         with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
-            odeint(lambda t, y: torch.tanh(lin(y)), x, steps=4, grad=mode, checkpoints=c).square().sum().backward()
+            odeint(lambda t, y: torch.tanh(lin(y)), x, steps=4, grad=grad_mode_named(mode, checkpoints=c)).square().sum().backward()
         return [x.grad, lin.weight.grad]
 
     assert_same(run(grad, checkpoints), run("direct", None))

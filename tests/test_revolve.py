@@ -9,8 +9,9 @@ import pytest
 import torch
 from odefuncs import ConvBNFunc, make_func
 
-from anode_ext import TABLEAUX, odeint, revolve
+from anode_ext import TABLEAUX, Revolve, odeint, revolve
 from anode_ext.bench.memory import count_saved_bytes
+from anode_ext.modes import grad_mode_named
 
 
 def brute_force_advances(steps, checkpoints):
@@ -130,7 +131,7 @@ def test_evaluations_and_held_states(method, steps, checkpoints):
     func, x = make_func("conv_bn")
     counting = Counting(func)
     with revolve.record() as events:
-        y = odeint(counting, x, steps=steps, method=method, grad="revolve", checkpoints=checkpoints)
+        y = odeint(counting, x, steps=steps, method=method, grad=grad_mode_named("revolve", checkpoints=checkpoints))
         y.sum().backward()
     stages = TABLEAUX[method].stages
     assert counting.calls == stages * (2 * steps + dp_advances(steps, min(checkpoints, steps - 1)))
@@ -144,7 +145,7 @@ def test_enough_checkpoints_cost_what_anode_costs(steps):
     for grad, c in (("anode", None), ("revolve", max(1, steps - 1))):
         func, x = make_func("mlp")
         counting = Counting(func)
-        odeint(counting, x, steps=steps, grad=grad, checkpoints=c).sum().backward()
+        odeint(counting, x, steps=steps, grad=grad_mode_named(grad, checkpoints=c)).sum().backward()
         counts[grad] = counting.calls
     assert counts["revolve"] == counts["anode"] == 2 * 4 * steps
 
@@ -155,7 +156,7 @@ def test_memory_budget_picks_checkpoints_from_state_size():
     state = x.numel() * x.element_size()
     for budget, expected in ((state, 1), (2 * state + 7, 2), (100 * state, 7)):
         with count_saved_bytes(exclude=func.parameters()) as counter:
-            y = odeint(func, x, steps=8, grad="revolve", memory_budget=budget)
+            y = odeint(func, x, steps=8, grad=Revolve(memory_budget=budget))
         assert counter.total <= (expected + 1) * state
         assert revolve.checkpoints_for_budget(budget, state, 8) == expected
         y.sum().backward()
@@ -165,15 +166,15 @@ def test_memory_budget_picks_checkpoints_from_state_size():
 def test_bad_checkpoints(checkpoints):
     func, x = make_func("mlp")
     with pytest.raises(ValueError, match="checkpoints must be an integer >= 1"):
-        odeint(func, x, steps=4, grad="revolve", checkpoints=checkpoints)
+        Revolve(checkpoints=checkpoints)
 
 
 def test_budget_smaller_than_one_state():
     func, x = make_func("mlp")
     with pytest.raises(ValueError, match=r"memory_budget=10 bytes holds no checkpoint: one state of this block takes 96 bytes"):
-        odeint(func, x, steps=4, grad="revolve", memory_budget=10)
+        odeint(func, x, steps=4, grad=Revolve(memory_budget=10))
     with pytest.raises(ValueError, match="memory_budget must be a non-negative integer"):
-        odeint(func, x, steps=4, grad="revolve", memory_budget=-5)
+        Revolve(memory_budget=-5)
 
 
 def test_default_checkpoints_is_log2_steps():
@@ -187,7 +188,7 @@ def test_default_checkpoints_is_log2_steps():
 def test_return_all_gradients_equal_direct(grad):
     def run(mode):
         func, x = make_func("mlp")
-        states = odeint(func, x, steps=5, method="midpoint", grad=mode, checkpoints=2 if mode == "revolve" else None, return_all=True)
+        states = odeint(func, x, steps=5, method="midpoint", grad=grad_mode_named(mode, checkpoints=2 if mode == "revolve" else None), return_all=True)
         weights = torch.linspace(-1, 1, states.numel(), dtype=states.dtype).view(states.shape)
         (states * weights).sum().backward()
         return [x.grad] + [p.grad for p in func.parameters()]

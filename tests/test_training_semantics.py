@@ -7,7 +7,8 @@ from odefuncs import ConvBNFunc, MLPFunc
 from testing import needs_cuda
 from torch import nn
 
-from anode_ext import ODEBlock, odeint
+from anode_ext import ODEBlock, Revolve, odeint
+from anode_ext.modes import grad_mode_named
 
 RECOMPUTE_MODES = [("anode", None), ("revolve", 1), ("revolve", 3)]
 MODE_IDS = ["anode", "revolve-c1", "revolve-c3"]
@@ -16,7 +17,7 @@ MODE_IDS = ["anode", "revolve-c1", "revolve-c3"]
 def train(grad, checkpoints=None, dropout=0.0, iterations=3, method="rk4", steps=3):
     torch.manual_seed(0)
     model = nn.Sequential(
-        ODEBlock(ConvBNFunc(3, dropout), steps=steps, method=method, grad=grad, checkpoints=checkpoints),
+        ODEBlock(ConvBNFunc(3, dropout), steps=steps, method=method, grad=grad_mode_named(grad, checkpoints=checkpoints)),
         nn.Flatten(),
         nn.Linear(3 * 5 * 5, 2),
     ).double()
@@ -58,7 +59,7 @@ def test_backward_leaves_the_callers_rng_alone(grad, checkpoints):
         torch.manual_seed(5)
         func = ConvBNFunc(3, dropout=0.5).double()
         x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
-        odeint(func, x, steps=4, grad=mode, checkpoints=c).sum().backward()
+        odeint(func, x, steps=4, grad=grad_mode_named(mode, checkpoints=c)).sum().backward()
         return torch.rand(3)
 
     torch.testing.assert_close(after_backward(grad, checkpoints), after_backward("direct", None))
@@ -79,7 +80,7 @@ def test_random_draws_on_another_device_replay(grad, checkpoints):
         torch.manual_seed(3)
         torch.cuda.manual_seed(3)
         x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
-        (g,) = torch.autograd.grad(odeint(func, x, steps=4, grad=mode, checkpoints=c).square().sum(), x)
+        (g,) = torch.autograd.grad(odeint(func, x, steps=4, grad=grad_mode_named(mode, checkpoints=c)).square().sum(), x)
         return g
 
     torch.testing.assert_close(gradient(grad, checkpoints), gradient("direct", None), rtol=1e-10, atol=0)
@@ -91,7 +92,7 @@ def grads_of(module, x, grad, checkpoints=None, steps=3, func=None):
     for p in module.parameters():
         p.grad = None
     x.grad = None
-    odeint(func or module, x, steps=steps, grad=grad, checkpoints=checkpoints).square().sum().backward()
+    odeint(func or module, x, steps=steps, grad=grad_mode_named(grad, checkpoints=checkpoints)).square().sum().backward()
     grads = [p.grad.clone() if p.grad is not None else None for p in module.parameters()]
     return ([x.grad.clone()] if x.requires_grad else []) + grads
 
@@ -117,7 +118,7 @@ def test_closure_tensors_are_found(grad, checkpoints):
 
     def run(mode, c=None):
         w.grad = x.grad = None
-        odeint(f, x, steps=3, grad=mode, checkpoints=c).square().sum().backward()
+        odeint(f, x, steps=3, grad=grad_mode_named(mode, checkpoints=c)).square().sum().backward()
         return w.grad.clone(), x.grad.clone()
 
     expected = run("direct")
@@ -173,7 +174,7 @@ def test_input_without_grad_parameters_with(grad, checkpoints):
 def test_block_used_twice_in_one_graph(grad, checkpoints):
     def run(mode, c=None):
         torch.manual_seed(0)
-        block = ODEBlock(ConvBNFunc(3), steps=2, grad=mode, checkpoints=c).double()
+        block = ODEBlock(ConvBNFunc(3), steps=2, grad=grad_mode_named(mode, checkpoints=c)).double()
         x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
         block(block(x)).square().sum().backward()
         return [x.grad] + [p.grad for p in block.parameters()] + list(block.buffers())
@@ -205,7 +206,7 @@ def test_nothing_requires_grad():
         assert not odeint(func, x, steps=2, grad=grad).requires_grad
 
 
-def test_explicit_params_are_differentiated():
+def test_tensor_captured_by_closure_is_differentiated():
     torch.manual_seed(0)
     scale = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
     x = torch.randn(3, dtype=torch.float64, requires_grad=True)
@@ -213,7 +214,7 @@ def test_explicit_params_are_differentiated():
     def f(t, y):
         return -scale * y
 
-    y = odeint(f, x, steps=3, grad="anode", params=[scale])
+    y = odeint(f, x, steps=3, grad="anode")
     (g_anode,) = torch.autograd.grad(y.sum(), scale)
     y = odeint(f, x, steps=3, grad="direct")
     (g_direct,) = torch.autograd.grad(y.sum(), scale)
@@ -221,9 +222,9 @@ def test_explicit_params_are_differentiated():
 
 
 def test_repr():
-    block = ODEBlock(MLPFunc(), t1=2.0, steps=4, method="midpoint", grad="revolve", checkpoints=2)
+    block = ODEBlock(MLPFunc(), t1=2.0, steps=4, method="midpoint", grad=grad_mode_named("revolve", checkpoints=2))
     text = repr(block)
-    assert text.startswith("ODEBlock(\n  t0=0, t1=2, steps=4, method=midpoint, grad=revolve, checkpoints=2")
+    assert text.startswith("ODEBlock(\n  t0=0, t1=2, steps=4, method=midpoint, grad=Revolve(checkpoints=2)")
     assert "(func): MLPFunc(" in text
     assert "func=test_repr.<locals>.<lambda>" in repr(ODEBlock(lambda t, x: x, steps=1))
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import models
+from ..modes import grad_mode_named
 from .memory import count_saved_bytes
 from .timing import compare_medians, synchronize
 
@@ -42,7 +43,8 @@ def model_benchmark(
     for label, grad, checkpoints, coupled in modes:
         torch.manual_seed(0)
         built[label] = models.create(
-            name, width=width, steps=steps, method=method, grad=grad, checkpoints=checkpoints, coupled=coupled
+            name, width=width, steps=steps, method=method, grad=grad_mode_named(grad, checkpoints=checkpoints),
+            coupled=coupled
         ).to(device)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, image_size, image_size, generator=gen).to(device)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..models.blocks import ResNetBranch
+from ..modes import grad_mode_named
 from ..odeint import odeint
 from .memory import count_saved_bytes
 
@@ -29,7 +30,7 @@ def _measure(steps: int, grad: str, checkpoints: int | None, method: str, shape:
     func = _CountingConvFunc(shape[1])
     x = torch.randn(shape, requires_grad=True)
     with count_saved_bytes(exclude=func.parameters()) as counter:
-        odeint(func, x, steps=steps, method=method, grad=grad, checkpoints=checkpoints).sum().backward()
+        odeint(func, x, steps=steps, method=method, grad=grad_mode_named(grad, checkpoints=checkpoints)).sum().backward()
     return counter.peak, func.calls
 
 

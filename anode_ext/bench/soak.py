@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..block import ODEBlock
+from ..modes import grad_mode_named
 from .funcs import MLP, ConvBNReLU2
 
 SOAK_MODES = (("direct", None), ("anode", None), ("revolve", 2), ("adjoint", None))
@@ -44,7 +45,7 @@ def _model(kind: str, grad: str, checkpoints: int | None) -> tuple[nn.Module, to
         func, x = MLP(8, 16), torch.randn(4, 8)
     else:
         raise ValueError(f"unknown soak block {kind!r}; expected 'conv' or 'mlp'")
-    block = ODEBlock(func, steps=3, method="rk4", grad=grad, checkpoints=checkpoints)
+    block = ODEBlock(func, steps=3, method="rk4", grad=grad_mode_named(grad, checkpoints=checkpoints))
     return nn.Sequential(block, nn.Flatten(), nn.Linear(x[0].numel(), 10)), x
 
 

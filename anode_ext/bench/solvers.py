@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..modes import grad_mode_named
 from ..odeint import odeint
 
 try:
@@ -36,7 +37,7 @@ class Solver:
 
     def integrate(self, func: nn.Module, x: Tensor, method: str, steps: int) -> Tensor:
         if self.library == "anode_ext":
-            return odeint(func, x, 0.0, 1.0, steps=steps, method=method, grad=self.grad, checkpoints=self.checkpoints)
+            return odeint(func, x, 0.0, 1.0, steps=steps, method=method, grad=grad_mode_named(self.grad, checkpoints=self.checkpoints))
         # The adjoint pass solves over the reversed interval: build the grid from t.
         options = {"grid_constructor": lambda f, y0, t: torch.linspace(t[0], t[-1], steps + 1).to(t)}
         solve: Callable = torchdiffeq.odeint_adjoint if self.grad == "adjoint" else torchdiffeq.odeint

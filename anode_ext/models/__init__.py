@@ -1,6 +1,6 @@
 """The model families of the ANODE and ANODEv2 papers, and their plain baselines.
 
-    model = anode_ext.models.create("sqnxt", num_classes=10, method="midpoint", steps=2, grad="anode")
+    model = anode_ext.models.create("sqnxt", num_classes=10, steps=2, method="midpoint", grad="anode")
 
 Registered names:
 
@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from ..modes import GradMode
 from ..tableau import Tableau
 from .blocks import BlockConfig, Residual
 from .resnet import ODEResNet
@@ -47,10 +48,11 @@ def create(
     num_classes: int = 10,
     in_channels: int = 3,
     width: float = 1.0,
-    method: str | Tableau = "midpoint",
-    steps: int = 2,
-    grad: str = "anode",
-    checkpoints: int | None = None,
+    t0: float = 0.0,
+    t1: float = 1.0,
+    steps: int = 1,
+    method: str | Tableau = "rk4",
+    grad: str | GradMode = "anode",
     coupled: str | list[int] = "none",
     q: str = "rda",
     reaction: str = "tanh",
@@ -63,9 +65,17 @@ def create(
         num_classes: 10 for CIFAR-10, 100 for CIFAR-100 (any >= 2).
         in_channels: channels of the 32x32 input images.
         width: multiplier of every layer width (1.0 is the published size).
-        method, steps, grad, checkpoints: how each ODE block integrates (see odeint).
+        t0, t1, steps, method, grad: how each ODE block integrates, as for ODEBlock (grad
+            a mode of ``anode_ext.modes`` or its name).
         coupled, q, reaction: the ANODEv2 configuration (see the module docstring).
         family_options: ``blocks=(b1, b2, b3, b4)`` for sqnxt, ODE blocks per stage.
+
+    Returns:
+        The model, an nn.Module mapping ``(N, in_channels, 32, 32)`` images to
+        ``(N, num_classes)`` logits.
+
+    Raises:
+        ValueError, TypeError: for an unknown name or an option that is not as described.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(available())}")
@@ -76,7 +86,7 @@ def create(
     if not isinstance(width, (int, float)) or not width > 0:
         raise ValueError(f"width must be a positive number, got {width!r}")
     factory, ode = MODELS[name]
-    config = BlockConfig(ode=ode, method=method, steps=steps, grad=grad, checkpoints=checkpoints,
+    config = BlockConfig(ode=ode, t0=t0, t1=t1, steps=steps, method=method, grad=grad,
                          coupled=coupled, q=q, reaction=reaction)
     try:
         return factory(config, num_classes=num_classes, in_channels=in_channels, width=width, **family_options)

@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 from ..block import ODEBlock
 from ..coupled import CoupledODEBlock
-from ..odeint import check_grad, check_steps
+from ..modes import GradMode, as_grad_mode
+from ..odeint import check_steps, check_time
 from ..tableau import Tableau, get_tableau
 
 COUPLED_CHOICES = ("none", "all", "first", "last")
@@ -25,20 +26,22 @@ class BlockConfig:
     """
 
     ode: bool = True
-    method: str | Tableau = "midpoint"
-    steps: int = 2
-    grad: str = "anode"
-    checkpoints: int | None = None
+    t0: float = 0.0
     t1: float = 1.0
+    steps: int = 1
+    method: str | Tableau = "rk4"
+    grad: str | GradMode = "anode"
     coupled: str | list[int] = "none"
     q: str = "rda"
     reaction: str = "tanh"
     stages: int = field(default=4, repr=False)
 
     def __post_init__(self) -> None:
-        get_tableau(self.method)
-        check_steps(self.steps)
-        check_grad(self.grad)
+        self.method = get_tableau(self.method)
+        self.steps = check_steps(self.steps)
+        self.grad = as_grad_mode(self.grad)
+        check_time(self.t0, "t0")
+        check_time(self.t1, "t1")
         if isinstance(self.coupled, str):
             if self.coupled not in COUPLED_CHOICES:
                 raise ValueError(
@@ -74,8 +77,7 @@ def integrate_branch(func: nn.Module, config: BlockConfig, stage: int) -> nn.Mod
     """The block that integrates `func` in `stage` as `config` says."""
     if not config.ode:
         return Residual(func)
-    options = dict(t1=config.t1, steps=config.steps, method=config.method, grad=config.grad,
-                   checkpoints=config.checkpoints)
+    options = dict(t0=config.t0, t1=config.t1, steps=config.steps, method=config.method, grad=config.grad)
     if config.is_coupled(stage):
         return CoupledODEBlock(func, q=config.q, reaction=config.reaction, **options)
     return ODEBlock(func, **options)

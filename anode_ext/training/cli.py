@@ -15,7 +15,7 @@ import torch.distributed as dist
 from .. import models
 from ..data import DATASETS, load_dataset
 from ..models.blocks import COUPLED_CHOICES
-from ..odeint import GRAD_MODES
+from ..modes import GRAD_MODES, grad_mode_named
 from ..rda import REACTIONS
 from ..tableau import TABLEAUX
 from .checkpoint import check_same_architecture, load_checkpoint
@@ -63,8 +63,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=_positive_float, default=defaults.width, help="layer width multiplier (default: %(default)s)")
     p.add_argument("--method", default=defaults.method, choices=sorted(TABLEAUX), help="Runge-Kutta method (default: %(default)s)")
     p.add_argument("--steps", type=_positive_int, default=defaults.steps, help="Nt, steps per ODE block (default: %(default)s)")
-    p.add_argument("--grad", default=defaults.grad, choices=GRAD_MODES, help="gradient mode (default: %(default)s)")
-    p.add_argument("--checkpoints", type=_positive_int, default=None, help="revolve checkpoints per block")
+    p.add_argument("--grad", default=defaults.grad, choices=list(GRAD_MODES), help="gradient mode (default: %(default)s)")
+    p.add_argument("--checkpoints", type=_positive_int, default=None,
+                   help="--grad revolve: states kept per block besides its input (default: ceil(log2 steps))")
+    p.add_argument("--memory-budget", type=_non_negative_int, default=None, metavar="BYTES",
+                   help="--grad revolve: bytes each block's kept states may take (instead of --checkpoints)")
     p.add_argument("--coupled", type=_coupled, default=defaults.coupled,
                    help="ANODEv2: which ODE blocks evolve their weights: none, all, first, last or stages like 2,3")
     p.add_argument("--q", default=defaults.q, choices=["rda"], help="weight dynamics of coupled blocks")
@@ -122,7 +125,8 @@ def build_config(args: argparse.Namespace, num_classes: int, in_channels: int) -
         coupled = [int(part) for part in coupled.split(",")]
     return RunConfig(
         model=args.model, width=args.width, method=args.method, steps=args.steps, grad=args.grad,
-        checkpoints=args.checkpoints, coupled=coupled, q=args.q, reaction=args.reaction, dataset=args.dataset,
+        checkpoints=args.checkpoints, memory_budget=args.memory_budget, coupled=coupled, q=args.q,
+        reaction=args.reaction, dataset=args.dataset,
         data_root=args.data_root, num_classes=num_classes, in_channels=in_channels, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
         seed=args.seed, out=args.out, progress=not args.no_progress, skip_nonfinite=args.skip_nonfinite,
@@ -133,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.model not in models.available():
         raise SystemExit(f"anode-train: unknown model {args.model!r}; expected one of {', '.join(models.available())}")
-    if args.checkpoints is not None and args.grad != "revolve":
-        raise SystemExit("anode-train: --checkpoints applies to --grad revolve only")
+    try:
+        grad_mode_named(args.grad, checkpoints=args.checkpoints, memory_budget=args.memory_budget)
+    except ValueError as error:
+        raise SystemExit(f"anode-train: --grad {args.grad}: {error}") from None
     if args.coupled != "none" and args.model.endswith("_baseline"):
         raise SystemExit("anode-train: --coupled needs an ODE model; baselines have no ODE blocks")
     resume = None
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 json.dump({**asdict(config), "world_size": topo.world_size, "device": str(topo.device)}, f, indent=2)
             print(
                 f"training {config.model} (x{config.width:g}, {models.parameter_count(trainer.model):,} parameters, "
-                f"{config.method}, Nt={config.steps}, grad={config.grad}, coupled={config.coupled}) on {config.dataset} "
+                f"{config.method}, Nt={config.steps}, grad={config.grad_mode()!r}, coupled={config.coupled}) on {config.dataset} "
                 f"({len(data.train_labels)} train / {len(data.test_labels)} test images), {topo.world_size} process(es) "
                 f"on {topo.device}, from epoch {trainer.epoch}",
                 flush=True,

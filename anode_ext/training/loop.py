@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .. import models
 from ..data import Dataset, augment, batches
+from ..modes import GradMode, grad_mode_named
 from .checkpoint import save_atomically
 from .metrics import append_metrics, peak_memory_bytes, plot_curves, read_metrics
 
@@ -36,6 +37,7 @@ class RunConfig:
     steps: int = 2
     grad: str = "anode"
     checkpoints: int | None = None
+    memory_budget: int | None = None
     coupled: str = "none"
     q: str = "rda"
     reaction: str = "tanh"
@@ -52,6 +54,10 @@ class RunConfig:
     out: str = "runs/default"
     progress: bool = True
     skip_nonfinite: int = 0
+
+    def grad_mode(self) -> GradMode:
+        """The gradient mode that grad, checkpoints and memory_budget spell."""
+        return grad_mode_named(self.grad, checkpoints=self.checkpoints, memory_budget=self.memory_budget)
 
     def milestones(self) -> list[int]:
         """Epochs after which the learning rate drops by 10 (halfway) and by 100 (three quarters)."""
@@ -159,7 +165,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = models.create(
             config.model, num_classes=config.num_classes, in_channels=config.in_channels, width=config.width,
-            method=config.method, steps=config.steps, grad=config.grad, checkpoints=config.checkpoints,
+            steps=config.steps, method=config.method, grad=config.grad_mode(),
             coupled=config.coupled, q=config.q, reaction=config.reaction,
         ).to(topo.device)
         self.net: nn.Module = (

@@ -1,5 +1,5 @@
 // The per-saved-tensor bookkeeping of grad='anode' and grad='revolve'
-// (anode_ext/_checkpointed.py has the design). Its methods are the saved-tensor
+// (anode_ext/modes/checkpointed.py has the design). Its methods are the saved-tensor
 // hooks themselves: with a cheap func, a hook body written in Python (and the Python
 // objects it keeps) cost more than the operation that saved the tensor.
 //
@@ -312,7 +312,7 @@ class SavedLedger {
 
 void bind_saved_ledger(py::module_& m) {
   py::class_<SavedLedger>(m, "SavedLedger",
-                          "Saved-tensor bookkeeping of one anode/revolve solve (anode_ext/_checkpointed.py).")
+                          "Saved-tensor bookkeeping of one anode/revolve solve (anode_ext/modes/checkpointed.py).")
       .def(py::init<py::object, std::string>(), py::arg("recompute"), py::arg("mode"))
       .def("set_known", &SavedLedger::set_known)
       .def("start_segment", &SavedLedger::start_segment)

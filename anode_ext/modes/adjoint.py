@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._checkpointed import refuse_double_backward
-from ._recompute import ForwardState, buffers_unchanged
-from .solver import Problem, State, checked_derivative, rk_step
+from ..solver import Problem, State, checked_derivative, rk_step
+from .checkpointed import refuse_double_backward
+from .replay import ForwardState, buffers_unchanged
 
 
 def _zero_if_none(grads, like):
@@ -57,7 +57,7 @@ def _leaves(outputs: Sequence[Tensor], own: Sequence[Tensor], named: Sequence[Te
             raise ValueError(
                 "grad='adjoint' integrates a gradient for each tensor func depends on, but func uses a "
                 f"tensor that was computed outside the solve and requires grad (its grad_fn is {node.name()}); "
-                "name it in params= to treat it as a parameter, or use grad='anode' or 'revolve', which "
+                "name it in Adjoint(params=...) to treat it as a parameter, or use grad='anode' or 'revolve', which "
                 "need no such list"
             )
         stack.extend(n for n, _ in node.next_functions if n is not None)

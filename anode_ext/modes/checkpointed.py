@@ -35,8 +35,10 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from ._library import _C
-from ._recompute import (
+from .._library import _C
+from ..revolve import Action, recorders, schedule
+from ..solver import Problem, State
+from .replay import (
     BufferValues,
     CallerHooks,
     ForwardState,
@@ -45,8 +47,6 @@ from ._recompute import (
     hooks_registered_in_body_removed,
     reachable,
 )
-from .revolve import Action, recorders, schedule
-from .solver import Problem, State
 
 DOUBLE_BACKWARD_MESSAGE = (
     "grad='{mode}' computes its gradient by recomputation inside backward and cannot be "
