@@ -23,7 +23,7 @@ from .block import FixedStepBlock
 from .modes import GradMode
 from .odeint import fixed_step_problem, odeint
 from .rda import RDA
-from .solver import Problem, State, checked_derivative, combine_stages
+from .solver import State, Supplied
 from .tableau import Tableau
 
 __all__ = ["CoupledODEBlock", "evolving_weights"]
@@ -55,35 +55,24 @@ class _JointDynamics:
 
     def __call__(self, t: float, state: State) -> tuple[Tensor, ...]:
         z, thetas = state[0], state[1:]
-        dz = self.f(t, z, thetas)
-        dthetas = tuple(self.block.q(t, thetas))
-        return (dz, *dthetas)
+        return (self.f(t, z, thetas), *self.block.q(t, thetas))
 
 
-class _CoupledProblem(Problem):
-    """A coupled solve whose weight part, for RDA dynamics, is stepped by the fused kernel:
-    all stage weights of a step come from one pass per filter, before f is evaluated."""
+class _FusedWeights:
+    """The Supply of a coupled problem with RDA dynamics: every weight's stages of a step
+    come from one pass of the fused kernel per weight, before f is evaluated."""
 
-    def run(self, state: State) -> list[State]:
-        """Problem.run through this class's own step."""
-        return self.run_stepwise(state)
+    def __init__(self, joint: _JointDynamics) -> None:
+        self.joint = joint
 
-    def step(self, n: int, state: State) -> State:
-        joint: _JointDynamics = self.func
-        if not isinstance(joint.block.q, RDA) or isinstance(self.h, Tensor):
-            return super().step(n, state)
-        t, h, tableau = self.t0 + n * self.h, self.h, self.tableau
-        z, thetas = state[0], state[1:]
-        fused = joint.block.q.rk_step(thetas, tableau, h)
-        stage_thetas = [thetas] + [tuple(steps[i] for steps in fused) for i in range(tableau.stages - 1)]
-        ks: list[tuple[Tensor]] = []
-        for i in range(tableau.stages):
-            which, weights = tableau.terms[i]
-            (stage_z,) = combine_stages((z,), ks, which, weights, h)
-            ks.append(checked_derivative((joint.f(t + tableau.c[i] * h, stage_z, stage_thetas[i]),), (z,)))
-        which, weights = tableau.terms[-1]
-        (next_z,) = combine_stages((z,), ks, which, weights, h)
-        return (next_z, *(steps[-1] for steps in fused))
+    def stages(self, t: float, h: float, state: State) -> Supplied:
+        block = self.joint.block
+        fused = block.q.rk_step(state[1:], block.tableau, h)
+        later = [tuple(steps[i] for steps in fused) for i in range(block.tableau.stages - 1)]
+        return Supplied(stages=[state[1:], *later], result=tuple(steps[-1] for steps in fused))
+
+    def derivative(self, t: float, state: State) -> tuple[Tensor]:
+        return (self.joint.f(t, state[0], state[1:]),)
 
 
 class CoupledODEBlock(FixedStepBlock):
@@ -144,8 +133,11 @@ class CoupledODEBlock(FixedStepBlock):
             return odeint(self.func, x, self.t0, self.t1, steps=self.steps, method=self.tableau, grad=self.grad)
         params = dict(self.func.named_parameters())
         thetas = tuple(params[name] for name in self.weight_names)
-        problem = fixed_step_problem(_JointDynamics(self), self.t0, self.t1, self.steps, self.tableau,
-                                     kind=_CoupledProblem)
+        joint = _JointDynamics(self)
+        problem = fixed_step_problem(joint, self.t0, self.t1, self.steps, self.tableau)
+        # The fused kernel takes a float step size; learnable times step the weights by q.
+        if isinstance(self.q, RDA) and not isinstance(problem.h, Tensor):
+            problem.supply = _FusedWeights(joint)
         (z, *_) = self.grad.solve(problem, (x, *thetas), self)
         return z
 

@@ -44,10 +44,10 @@ def check_steps(steps: object) -> int:
 
 
 def fixed_step_problem(func: StateFunc, t0: object, t1: object, steps: int, tableau: Tableau,
-                       return_all: bool = False, kind: type[Problem] = Problem) -> Problem:
-    """The `kind` of Problem of `steps` equal steps from t0 to t1, its times checked."""
+                       return_all: bool = False) -> Problem:
+    """The Problem of `steps` equal steps from t0 to t1, its times checked."""
     t0, t1 = check_time(t0, "t0"), check_time(t1, "t1")
-    return kind(func, tableau, t0, (t1 - t0) / steps, steps, bool(return_all))
+    return Problem(func, tableau, t0, (t1 - t0) / steps, steps, bool(return_all))
 
 
 class _OnTensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -25,20 +26,19 @@ StateFunc = Callable[[float, State], Sequence[Tensor]]
 
 _rk_combine = torch.ops.anode_ext.rk_combine.default
 
-# The step and the loop over steps have two implementations with the same results and
-# errors: the compiled one (csrc/python/solver_step.cpp), which eager code runs because
-# with a cheap func the Python bookkeeping of a step costs more than its arithmetic
-# (docs/design_decisions.md), and the Python one below, which torch.compile runs because
-# it can trace it, and for a tensor step size. tests/test_solver_step.py holds the two to
-# each other. The compiled functions take tuples as they are (pybind11 converts any sequence).
+# A step is defined once, by python_rk_step, and every solve runs through Problem.step or
+# Problem.run. The compiled step and loop (csrc/python/solver_step.cpp) repeat that
+# definition for speed: with a cheap func the Python bookkeeping of a step costs more than
+# its arithmetic (docs/design_decisions.md). `compiled` is the one switch between them and
+# tests/test_solver_step.py holds the two to each other, bit for bit.
 
 Time = float | Tensor
 
 
-def python_combine_stages(
+def combine_stages(
     state: State, ks: Sequence[State], which: tuple[int, ...], weights: tuple[float, ...], h: Time
 ) -> State:
-    """combine_stages in Python."""
+    """``y + h * sum_j weights[j] * ks[which[j]]`` for each tensor y of the state."""
     if not which:
         return state
     if isinstance(h, Tensor):
@@ -53,8 +53,8 @@ def _weighted_sum(ks: list[Tensor], weights: tuple[float, ...]) -> Tensor:
     return total
 
 
-def python_checked_derivative(derivative: Tensor | Sequence[Tensor], state: State) -> State:
-    """checked_derivative in Python."""
+def checked_derivative(derivative: Tensor | Sequence[Tensor], state: State) -> State:
+    """The derivative func returned, as a tuple in the state's dtypes, or a clear error."""
     if isinstance(derivative, Tensor):
         derivative = (derivative,)
     elif isinstance(derivative, str) or not isinstance(derivative, Sequence):
@@ -85,15 +85,31 @@ def python_checked_derivative(derivative: Tensor | Sequence[Tensor], state: Stat
     return tuple(out)
 
 
-def python_rk_step(func: StateFunc, t: Time, h: Time, state: State, tableau: Tableau) -> State:
-    """rk_step in Python."""
+@dataclass
+class Supplied:
+    """The stages of some trailing tensors of a state, computed elsewhere than by func (a
+    fused kernel that steps a coupled block's weights): ``stages[i]`` holds their values
+    at stage i (``stages[0]`` their values at the step's start) and ``result`` their values
+    after the step."""
+
+    stages: Sequence[State]
+    result: State
+
+
+def python_rk_step(func: StateFunc, t: Time, h: Time, state: State, tableau: Tableau,
+                   supplied: Supplied | None = None) -> State:
+    """rk_step in Python: the definition of a step that the compiled one repeats."""
+    free = state if supplied is None else state[:len(state) - len(supplied.result)]
     ks: list[State] = []
     for i in range(tableau.stages):
         which, weights = tableau.terms[i]
-        stage = python_combine_stages(state, ks, which, weights, h)
-        ks.append(python_checked_derivative(func(t + tableau.c[i] * h, stage), state))
+        stage = combine_stages(free, ks, which, weights, h)
+        if supplied is not None:
+            stage = (*stage, *supplied.stages[i])
+        ks.append(checked_derivative(func(t + tableau.c[i] * h, stage), free))
     which, weights = tableau.terms[-1]
-    return python_combine_stages(state, ks, which, weights, h)
+    result = combine_stages(free, ks, which, weights, h)
+    return result if supplied is None else (*result, *supplied.result)
 
 
 @functools.lru_cache(maxsize=64)
@@ -103,25 +119,31 @@ def _step_plan(tableau: Tableau) -> object:
     return _C.StepPlan(which, weights, list(tableau.c))
 
 
-def combine_stages(state: State, ks: Sequence[State], which: tuple[int, ...], weights: tuple[float, ...], h: Time) -> State:
-    """``y + h * sum_j weights[j] * ks[which[j]]`` for each tensor y of the state."""
-    if isinstance(h, Tensor) or torch.compiler.is_compiling():
-        return python_combine_stages(state, ks, which, weights, h)
-    return tuple(_C.combine_stages(state, ks, which, weights, h))
+def compiled(h: Time) -> bool:
+    """Whether the compiled step and loop run: not for a tensor step size (learnable times),
+    whose stage sums autograd differentiates with respect to h too, and not while
+    torch.compile traces, which can follow Python but not compiled code."""
+    return not isinstance(h, Tensor) and not torch.compiler.is_compiling()
 
 
-def checked_derivative(derivative: Tensor | Sequence[Tensor], state: State) -> State:
-    """The derivative as a tuple in the state's dtypes, or a clear error."""
-    if torch.compiler.is_compiling():
-        return python_checked_derivative(derivative, state)
-    return tuple(_C.checked_derivative(derivative, state))
+def rk_step(func: StateFunc, t: Time, h: Time, state: State, tableau: Tableau,
+            supplied: Supplied | None = None) -> State:
+    """One step of size h from (t, state): func is evaluated at each stage, with the
+    stages of the `supplied` tensors (if any) taken as given, and returns the
+    derivatives of the other tensors. The compiled step runs when it can."""
+    if supplied is None and compiled(h):
+        return tuple(_C.rk_step(func, t, h, state, _step_plan(tableau)))
+    return python_rk_step(func, t, h, state, tableau, supplied)
 
 
-def rk_step(func: StateFunc, t: Time, h: Time, state: State, tableau: Tableau) -> State:
-    """One step of size h from (t, state)."""
-    if isinstance(h, Tensor) or torch.compiler.is_compiling():
-        return python_rk_step(func, t, h, state, tableau)
-    return tuple(_C.rk_step(func, t, h, state, _step_plan(tableau)))
+class Supply(Protocol):
+    """Steps the trailing tensors of a problem's state by other means than func."""
+
+    def stages(self, t: Time, h: Time, state: State) -> Supplied:
+        """Their stages over the step of size h from (t, state)."""
+
+    def derivative(self, t: Time, state: State) -> State:
+        """At a stage: the derivatives of the other (leading) tensors of the state."""
 
 
 @dataclass
@@ -129,7 +151,9 @@ class Problem:
     """A fixed-step solve of ``d(state)/dt = func(t, state)``: steps of size h from t0.
 
     t0 and h are floats, or 0-d tensors when the integration times are learnable; func
-    is then called with tensor times.
+    is then called with tensor times. `supply`, when given, steps the trailing tensors of
+    the state itself, and the steps evaluate its `derivative` for the others; func is the
+    whole system still, for whoever needs it (the adjoint integrates it).
     """
 
     func: StateFunc
@@ -138,9 +162,11 @@ class Problem:
     h: Time
     steps: int
     return_all: bool = False
+    supply: Supply | None = None
 
     def solve(self, state: State) -> State:
-        """The final state, or with return_all each state tensor stacked over steps 0..steps."""
+        """The final state, or with return_all each state tensor stacked over steps 0..steps
+        (shape ``(steps + 1, *tensor.shape)``)."""
         states = self.run(state)
         if not self.return_all:
             return states[-1]
@@ -148,10 +174,10 @@ class Problem:
 
     def run(self, state: State) -> list[State]:
         """The states the solve passes through: every one from the initial state on with
-        return_all, else only the last. The loop runs in C++ (its Python bookkeeping
-        costs a cheap func more than the step's arithmetic) except under torch.compile
-        and for tensor times."""
-        if isinstance(self.h, Tensor) or torch.compiler.is_compiling():
+        return_all, else only the last. The compiled loop (its Python bookkeeping costs a
+        cheap func more than the step's arithmetic, docs/design_decisions.md) runs the
+        same steps as `step` does, when `compiled` allows and nothing is supplied."""
+        if self.supply is not None or not compiled(self.h):
             return self.run_stepwise(state)
         states = _C.rk_solve(self.func, self.t0, self.h, self.steps, state, _step_plan(self.tableau), self.return_all)
         return [tuple(s) for s in states]
@@ -169,4 +195,8 @@ class Problem:
 
     def step(self, n: int, state: State) -> State:
         """Step n: from the state at t0 + n h to the state at t0 + (n + 1) h."""
-        return rk_step(self.func, self.t0 + n * self.h, self.h, state, self.tableau)
+        t = self.t0 + n * self.h
+        if self.supply is None:
+            return rk_step(self.func, t, self.h, state, self.tableau)
+        supplied = self.supply.stages(t, self.h, state)
+        return rk_step(self.supply.derivative, t, self.h, state, self.tableau, supplied)

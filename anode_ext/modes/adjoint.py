@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..solver import Problem, State, checked_derivative, rk_step
+from ..solver import Problem, State, checked_derivative
 from .checkpointed import refuse_double_backward
 from .replay import ForwardState, buffers_unchanged
 
@@ -162,10 +162,11 @@ class AdjointFunction(torch.autograd.Function):
             vjp = _zero_if_none(vjp, (*y, *params))
             return (*(v.detach() for v in f), *(-v for v in vjp))
 
-        t1 = problem.t0 + problem.steps * problem.h
+        # The adjoint system, stepped backwards from t1 by the same steps and tableau.
+        reverse = Problem(dynamics, problem.tableau, problem.t0 + problem.steps * problem.h, -problem.h, problem.steps)
         with ctx.forward_state.rng_replay(), buffers_unchanged():
             for back in range(problem.steps):
-                augmented = rk_step(dynamics, t1 - back * problem.h, -problem.h, augmented, problem.tableau)
+                augmented = reverse.step(back, augmented)
                 if problem.return_all:
                     index = problem.steps - back - 1
                     a = tuple(x if g is None else x + g[index] for x, g in zip(augmented[n:2 * n], grad_outputs))
