@@ -18,7 +18,15 @@ REBUILD_HINT = (
 
 
 def check_torch_match(built_with: str, running: str) -> None:
-    """Raise ImportError when the library was built against another torch than the one running."""
+    """Check that the compiled library matches the running torch.
+
+    Args:
+        built_with: the torch version string the library was compiled against.
+        running: the installed ``torch.__version__``.
+
+    Raises:
+        ImportError: the two differ (exact string comparison), with the command to rebuild.
+    """
     if built_with != running:
         raise ImportError(
             f"anode_ext._C was built against torch {built_with} but torch {running} is "
@@ -27,7 +35,16 @@ def check_torch_match(built_with: str, running: str) -> None:
 
 
 def load() -> ModuleType:
-    """Import anode_ext._C (which registers the torch.ops.anode_ext ops) or explain how to fix it."""
+    """Import anode_ext._C, which registers the ``torch.ops.anode_ext`` ops.
+
+    Returns:
+        The module ``anode_ext._C``.
+
+    Raises:
+        ImportError: it cannot be imported (missing, or its symbols do not resolve against
+            this torch), or it was built against another torch version; the message gives
+            the command to rebuild.
+    """
     try:
         module = importlib.import_module("anode_ext._C")
     except ImportError as error:
@@ -43,7 +60,15 @@ _C = load()
 
 
 def build_info() -> dict[str, Any]:
-    """Describe the compiled library: versions, CUDA support and threading."""
+    """Describe how the compiled library was built.
+
+    Returns:
+        A dict: ``version`` (anode_ext's version), ``torch_version`` (the torch it was
+        built against), ``cuda_version`` (a string, or None without CUDA kernels),
+        ``cuda_arch_list`` (the compute capabilities compiled for, e.g. ``["8.0", "9.0"]``;
+        ``[]`` without CUDA kernels) and ``openmp`` (whether the CPU kernels were built
+        with OpenMP; without it they run on one thread).
+    """
     cuda_version = _C.cuda_version or None
     arch_list = [a for a in _C.cuda_arch_list.split(";") if a] if cuda_version else []
     return {

@@ -22,11 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 DATASETS = ("digits", "cifar10", "cifar100", "synthetic")
+"""The names ``load_dataset`` takes."""
 
 CIFAR_FILES = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10),
     "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100),
 }
+"""The python-pickle archives: folder, train files, test files, label key, classes."""
 # The binary archives: folder, train files, test files, label bytes before each image
 # (CIFAR-100 has the coarse label, then the fine one, which is used), classes.
 CIFAR_BINARY_FILES = {
@@ -36,11 +38,21 @@ CIFAR_BINARY_FILES = {
 IMAGE_BYTES = 3 * 32 * 32
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
+"""Per-channel (R, G, B) mean and scale of pixels in [0, 1] that ``load_cifar`` normalizes
+CIFAR-10 and CIFAR-100 with."""
 
 
 @dataclass
 class Dataset:
-    """Normalized images (N, C, 32, 32) and labels, split into train and test."""
+    """A dataset held in memory, split into train and test.
+
+    Attributes:
+        name: a name in ``DATASETS``.
+        train_images, test_images: normalized float32 images, (N, C, 32, 32).
+        train_labels, test_labels: int64 class indices in 0 .. num_classes - 1, (N,).
+        num_classes: the number of classes.
+        augment: whether training should apply ``augment`` to its batches.
+    """
 
     name: str
     train_images: Tensor
@@ -52,6 +64,7 @@ class Dataset:
 
     @property
     def in_channels(self) -> int:
+        """C, the channels of an image."""
         return self.train_images.shape[1]
 
 
@@ -62,7 +75,16 @@ def _normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) 
 
 
 def load_digits_dataset() -> Dataset:
-    """scikit-learn's digits, upsampled to 32x32; the split is fixed (every 5th image is test)."""
+    """Load scikit-learn's 1797 8x8 digits, upsampled bilinearly to 32x32.
+
+    Returns:
+        A Dataset of one channel and 10 classes: images 0, 5, 10, ... (360) are the test
+        split, the other 1437 the train split; pixels are normalized by the train split's
+        mean and standard deviation; no augmentation.
+
+    Raises:
+        ModuleNotFoundError: scikit-learn is not installed.
+    """
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -132,12 +154,25 @@ def _read_binary(path: str, label_bytes: int, expected: str) -> tuple[np.ndarray
 
 
 def load_cifar(name: str, root: str) -> Dataset:
-    """CIFAR-10 or CIFAR-100 from `root`, which holds the extracted python-pickle archive
-    or the binary one (the python one is used when both are there).
+    """Load CIFAR-10 or CIFAR-100 from a local folder; nothing is downloaded.
+
+    Args:
+        name: ``"cifar10"`` or ``"cifar100"`` (fine labels).
+        root: a folder holding the extracted python-pickle archive
+            (``cifar-10-batches-py``, ``cifar-100-python``) or the binary one
+            (``cifar-10-batches-bin``, ``cifar-100-binary``); the python one is used
+            when both are there.
+
+    Returns:
+        A Dataset of 3-channel images normalized by ``CIFAR_MEAN`` and ``CIFAR_STD``
+        (the train split of the standard archives holds 50000, the test split 10000),
+        with augmentation on.
 
     Raises:
         FileNotFoundError: neither archive (or one of its files) is under `root`.
-        ValueError: a file is not a CIFAR batch (a crafted pickle is refused unread).
+        ValueError: a file is not a CIFAR batch (a pickle that names anything but numpy
+            arrays is refused before it runs code), or a label is out of range.
+        KeyError: `name` is neither of the two.
     """
     folder, train_files, test_files, label_key, classes = CIFAR_FILES[name]
     bin_folder, bin_train, bin_test, label_bytes, _ = CIFAR_BINARY_FILES[name]
@@ -174,7 +209,20 @@ def load_cifar(name: str, root: str) -> Dataset:
 
 
 def synthetic_dataset(train: int = 256, test: int = 64, classes: int = 10, seed: int = 0) -> Dataset:
-    """Random 3x32x32 images labelled by a fixed random linear map of their pooled pixels."""
+    """Make random images whose labels a small network can learn, for smoke tests.
+
+    Images are standard normal, (train + test, 3, 32, 32) float32, already normalized;
+    each label is the argmax of a random linear map of the image average-pooled to 4x4.
+    Everything is drawn from a generator seeded with `seed`.
+
+    Args:
+        train, test: the images in each split.
+        classes: the number of classes.
+        seed: the seed of images and map alike.
+
+    Returns:
+        A Dataset without augmentation.
+    """
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(train + test, 3, 32, 32, generator=gen)
     projection = torch.randn(3 * 4 * 4, classes, generator=gen)
@@ -183,7 +231,15 @@ def synthetic_dataset(train: int = 256, test: int = 64, classes: int = 10, seed:
 
 
 def load_dataset(name: str, root: str = "data") -> Dataset:
-    """One of DATASETS; `root` is where cifar10 / cifar100 are looked for."""
+    """Load a dataset by name, with its defaults (``synthetic_dataset()``'s sizes).
+
+    Args:
+        name: one of ``DATASETS``.
+        root: the folder ``load_cifar`` looks in for cifar10 / cifar100.
+
+    Raises:
+        ValueError: an unknown name; or as for ``load_digits_dataset`` and ``load_cifar``.
+    """
     if name == "digits":
         return load_digits_dataset()
     if name in CIFAR_FILES:
@@ -194,7 +250,16 @@ def load_dataset(name: str, root: str = "data") -> Dataset:
 
 
 def augment(images: Tensor, generator: torch.Generator) -> Tensor:
-    """Random crop with 4 pixels of zero padding, and random horizontal flip, per image."""
+    """Randomly crop (after 4 pixels of zero padding: about the mean pixel, on normalized
+    images) and horizontally flip, each image independently.
+
+    Args:
+        images: (N, C, H, W), on the CPU (the flip mask is drawn there).
+        generator: a CPU generator; the result is a function of it and the images.
+
+    Returns:
+        A new tensor of the images' shape.
+    """
     n, _, h, w = images.shape
     padded = F.pad(images, (4, 4, 4, 4))
     dy = torch.randint(0, 9, (n,), generator=generator).tolist()
@@ -207,7 +272,13 @@ def augment(images: Tensor, generator: torch.Generator) -> Tensor:
 def batches(
     images: Tensor, labels: Tensor, batch_size: int, indices: Tensor
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Consecutive batches of the samples at `indices` (the last one may be smaller)."""
+    """Yield ``(images[chosen], labels[chosen])`` for consecutive chunks of `indices`.
+
+    Args:
+        images, labels: tensors indexed along their first dimension.
+        batch_size: samples per batch, >= 1; the last batch may be smaller.
+        indices: a 1-d int64 tensor of the samples to take, in order.
+    """
     for start in range(0, len(indices), batch_size):
         chosen = indices[start : start + batch_size]
         yield images[chosen], labels[chosen]

@@ -50,10 +50,33 @@ def rk_combine(
     *,
     out: Tensor | None = None,
 ) -> Tensor:
-    """Return ``y + h * sum(w * k for w, k in zip(weights, ks))`` computed in one pass over memory.
+    """Compute ``y + h * sum(w * k for w, k in zip(weights, ks))`` in one pass over memory.
 
-    With ``out`` the result is written into that tensor (which may be ``y`` itself) without
-    allocating; that form is not differentiable.
+    The coefficients ``h * w`` are formed in float64, then rounded to the accumulation
+    type (float32 for float16 and bfloat16, else the dtype itself); the CPU and CUDA
+    kernels return the same bits. Differentiable with respect to y and ks, twice; reverse
+    mode only. A k whose weight is 0 (or every k, when h is 0) gets no gradient (None), not
+    zeros.
+
+    Args:
+        y: a float32, float64, float16 or bfloat16 tensor of any shape and strides.
+        ks: a non-empty sequence of tensors of y's shape, dtype and device.
+        weights: one real number per k, as a sequence or a 1-d tensor (read with
+            ``tolist()``; not differentiable).
+        h: a real number, the step size (a time); not differentiable.
+        out: a tensor of y's shape, dtype and device to write into without allocating;
+            it may be y or a k itself but not partially overlap them. Not differentiable.
+
+    Returns:
+        A new tensor of y's shape and dtype, or ``out``.
+
+    Raises:
+        TypeError: y or a k is not a tensor, ks or weights is not a sequence, or a
+            weight or h is not a real number (bools and tensors are not).
+        RuntimeError: y has another dtype; ks is empty or not one per weight; a k, or
+            ``out``, differs from y in shape, dtype or device; ``out`` has elements that
+            share memory or partially overlaps y or a k; ``out`` is given while grad mode
+            is on and an operand requires grad; a forward-mode AD input.
     """
     if not isinstance(y, Tensor):
         raise TypeError(f"rk_combine: y must be a tensor, got {type(y).__name__}")

@@ -1,4 +1,5 @@
-"""Reaction–diffusion–advection (RDA) weight dynamics for ANODEv2.
+"""Reaction–diffusion–advection (RDA) weight dynamics for ANODEv2 (Zhang et al.,
+"ANODEV2: A Coupled Neural ODE Framework", NeurIPS 2019, section 3).
 
 For a convolution weight theta of shape (Cout, Cin, kh, kw)::
 
@@ -6,7 +7,8 @@ For a convolution weight theta of shape (Cout, Cin, kh, kw)::
 
 over the (kh, kw) taps of each filter, with zero-flux boundaries (a missing neighbour
 takes the centre's value), central differences with unit spacing (x along kw, y
-along kh), rho = tanh or relu, and coefficients (d, u, v, r) per output channel. A
+along kh; ``dx = (right - left) / 2``, ``lap`` the 5-point stencil), rho = tanh, relu
+or 0 (reaction "none"), and coefficients (d, u, v, r) per output channel. A
 (Cout, Cin, k) weight is a 1 x k filter; a linear weight (Cout, Cin) is 1 x 1, for
 which only the reaction term remains. These operators are this library's choice:
 the ANODEv2 paper names RDA dynamics but its exact operators are not public.
@@ -25,6 +27,7 @@ from .tableau import Tableau
 __all__ = ["REACTIONS", "RDA", "rda_rhs", "rda_rk_step"]
 
 REACTIONS = {"tanh": 0, "relu": 1, "none": 2}
+"""The reaction functions rho by name, with the code the compiled ops take."""
 
 _ops = torch.ops.anode_ext
 
@@ -36,7 +39,25 @@ def _reaction_code(reaction: str) -> int:
 
 
 def rda_rhs(theta: Tensor, coefficients: Tensor, reaction: str = "tanh") -> Tensor:
-    """q(theta) for one weight; `coefficients` is (4, Cout): rows d, u, v, r."""
+    """Evaluate the RDA right-hand side q(theta) of one weight.
+
+    Differentiable with respect to theta and coefficients (first derivatives only).
+
+    Args:
+        theta: a convolution weight (Cout, Cin, kh, kw) or (Cout, Cin, k), or a linear
+            weight (Cout, Cin); float32, float64, float16 or bfloat16 (half types are
+            computed in float32); at most 49 (7 x 7) taps per filter.
+        coefficients: (4, Cout), theta's dtype and device; rows d, u, v, r.
+        reaction: rho, a name in ``REACTIONS``.
+
+    Returns:
+        q(theta), a contiguous tensor of theta's shape and dtype.
+
+    Raises:
+        ValueError: an unknown reaction.
+        RuntimeError: theta's dtype, shape or number of taps, or coefficients' shape,
+            dtype or device, is not as above; double backward (``create_graph=True``).
+    """
     return _ops.rda_rhs.default(theta, coefficients, _reaction_code(reaction))
 
 
@@ -45,10 +66,25 @@ def _flat_lower(tableau: Tableau) -> list[float]:
 
 
 def rda_rk_step(theta: Tensor, coefficients: Tensor, tableau: Tableau, h: float, reaction: str = "tanh") -> list[Tensor]:
-    """One RK step of ``dtheta/dt = q(theta)`` in a single fused pass per filter.
+    """Take one explicit Runge–Kutta step of ``dtheta/dt = q(theta)`` (see ``rda_rhs``),
+    each filter's stages computed in one fused pass (one filter per GPU thread).
 
-    Returns the stage inputs theta^(1) ... theta^(s-1) (theta^(0) is theta itself),
-    then the weight after the step.
+    q does not depend on t, so the tableau's nodes c are not used. Differentiable with
+    respect to theta and coefficients (first derivatives only).
+
+    Args:
+        theta, coefficients, reaction: as for ``rda_rhs``.
+        tableau: an explicit method of at most 8 stages.
+        h: the step size (a time), a real number.
+
+    Returns:
+        A list of s tensors of theta's shape and dtype, s the tableau's stages: the stage
+        inputs theta^(1) ... theta^(s-1) (theta^(0) is theta itself), then the weight
+        after the step.
+
+    Raises:
+        ValueError: an unknown reaction.
+        RuntimeError: as for ``rda_rhs``, or a tableau of more than 8 stages.
     """
     return _ops.rda_rk_step.default(
         theta, coefficients, _reaction_code(reaction), _flat_lower(tableau), list(tableau.b), float(h)
@@ -80,10 +116,22 @@ def _rda_rk_step_backward_fake(grads, theta, coefficients, reaction, a, b, h):
 
 
 class RDA(nn.Module):
-    """RDA dynamics for several weights, each with its own learnable (4, Cout) coefficients.
+    """RDA dynamics ``q(t, thetas)`` for several weights, each with its own learnable
+    (4, Cout) coefficients (an ``nn.ParameterList`` of parameters of the default dtype,
+    cast to each weight's dtype when used).
 
     Initialised with diffusion ``d = diffusion`` and ``u = v = r = 0``, so that a coupled
     block starts close to the uncoupled one (the weights only smooth slowly).
+
+    Args:
+        shapes: the shape of each weight, (Cout, Cin, kh, kw), (Cout, Cin, k) or
+            (Cout, Cin).
+        reaction: rho, a name in ``REACTIONS``.
+        diffusion: the initial d of every channel.
+
+    Raises:
+        ValueError: an unknown reaction, or a shape of other than 2, 3 or 4 dimensions.
+            Filters of more than 49 taps are refused (RuntimeError) only when called.
     """
 
     def __init__(self, shapes: Sequence[Sequence[int]], reaction: str = "tanh", diffusion: float = 1e-2) -> None:
@@ -101,12 +149,24 @@ class RDA(nn.Module):
             self.coefficients.append(nn.Parameter(init))
 
     def forward(self, t: float, thetas: Sequence[Tensor]) -> tuple[Tensor, ...]:
-        """dtheta/dt for each weight."""
+        """dtheta/dt = q(theta) for each weight (t is not used); a tuple of tensors of the
+        weights' shapes.
+
+        Raises:
+            ValueError: thetas does not hold one tensor per weight given at construction.
+            RuntimeError: as for ``rda_rhs`` (a theta on another device than this module,
+                say).
+        """
         self._check_count(thetas)
         return tuple(rda_rhs(th, c.to(th.dtype), self.reaction) for th, c in zip(thetas, self.coefficients))
 
     def rk_step(self, thetas: Sequence[Tensor], tableau: Tableau, h: float) -> list[list[Tensor]]:
-        """For each weight, the fused RK step's stage inputs and new value (see rda_rk_step)."""
+        """One fused RK step of each weight: a list, per weight, of what ``rda_rk_step``
+        returns (the stage inputs theta^(1) ... theta^(s-1), then the new weight).
+
+        Raises:
+            ValueError, RuntimeError: as for ``forward``, or a tableau of more than 8 stages.
+        """
         self._check_count(thetas)
         return [rda_rk_step(th, c.to(th.dtype), tableau, h, self.reaction) for th, c in zip(thetas, self.coefficients)]
 

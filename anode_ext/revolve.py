@@ -1,5 +1,5 @@
-"""Binomial checkpointing ("revolve", Griewank & Walther, ACM TOMS 26(1), 2000) of the
-steps inside one ODE block.
+"""Binomial checkpointing (Griewank & Walther, "Algorithm 799: revolve", ACM TOMS 26(1),
+2000) of the steps inside one ODE block.
 
 Setting. The block's forward runs all ``steps`` steps once (it must, for its
 output) and may keep at most ``checkpoints`` of the states it passes, besides the
@@ -37,7 +37,8 @@ __all__ = ["Action", "Schedule", "optimal_advances", "schedule", "checkpoints_fo
 
 
 class Action(NamedTuple):
-    """One instruction of the backward.
+    """One instruction of the backward: ``kind`` at step positions ``start`` .. ``stop``
+    (``stop == start`` for every kind but ``advance``).
 
     - ``advance``: run steps start .. stop-1 without taping, from the state at start;
     - ``store``: hold the current state (at ``start``) as a checkpoint;
@@ -119,23 +120,37 @@ def _check_budget(memory_budget: int) -> None:
 
 
 def optimal_advances(steps: int, checkpoints: int) -> int:
-    """The fewest steps the backward recomputes without taping, for ``steps`` steps and
-    ``checkpoints`` checkpoints (a block then evaluates ``2 * steps + optimal_advances``
-    steps in a forward and backward; 0 once ``checkpoints >= steps - 1``)."""
+    """Count the fewest steps the backward recomputes without taping (Griewank & Walther
+    2000; the closed form is in this module's docstring).
+
+    Args:
+        steps: the steps of the solve, an integer >= 1.
+        checkpoints: the states that may be kept besides the block input, an integer >= 1.
+
+    Returns:
+        The number of advanced steps, 0 once ``checkpoints >= steps - 1``. A block
+        evaluates ``2 * steps`` plus this many steps in a forward and backward.
+
+    Raises:
+        ValueError: steps or checkpoints is not an integer >= 1 (bools are refused).
+    """
     _check(steps, checkpoints)
     return _kept_states(steps, checkpoints)[1]
 
 
 class Schedule(NamedTuple):
-    """Which states the forward keeps, and the backward's actions."""
+    """A revolve schedule, made by ``schedule``: ``steps`` and ``checkpoints`` as given;
+    ``kept``, the positions (0 < p < steps, increasing) whose states the forward keeps
+    besides the block input; and the backward's ``actions``."""
 
     steps: int
     checkpoints: int
     kept: tuple[int, ...]
 
     def actions(self) -> Iterator[Action]:
-        """The backward's actions in order, generated as they are consumed (a schedule
-        of 10^5 steps has a few hundred thousand)."""
+        """Yield the backward's Actions in order, generated as they are consumed (a
+        schedule of 10^5 steps has a few hundred thousand). Following them holds at most
+        ``checkpoints`` + 1 states, the input included, besides the one being stepped."""
         bounds = [0, *self.kept, self.steps]
         for i in range(len(bounds) - 2, -1, -1):
             yield from _reverse(bounds[i], bounds[i + 1], self.checkpoints - i)
@@ -170,14 +185,31 @@ def _reverse(start: int, end: int, free: int) -> Iterator[Action]:
 
 
 def schedule(steps: int, checkpoints: int) -> Schedule:
-    """The optimal schedule for ``steps`` steps and ``checkpoints`` checkpoints."""
+    """Find the schedule with the fewest advances (``optimal_advances``) for ``steps``
+    steps and at most ``checkpoints`` states kept besides the block input.
+
+    Raises:
+        ValueError: steps or checkpoints is not an integer >= 1 (bools are refused).
+    """
     _check(steps, checkpoints)
     return Schedule(steps, checkpoints, _kept_states(steps, checkpoints)[0])
 
 
 def checkpoints_for_budget(memory_budget: int, state_bytes: int, steps: int) -> int:
-    """How many checkpoints fit in ``memory_budget`` bytes (the block input not counted),
-    capped at steps - 1, beyond which more checkpoints save nothing."""
+    """Count the checkpoints that fit in a memory budget (the block input not counted).
+
+    Args:
+        memory_budget: bytes the kept states may take, an integer >= 0.
+        state_bytes: bytes of one state (0 is taken as 1).
+        steps: the steps of the solve.
+
+    Returns:
+        ``memory_budget // state_bytes``, capped at ``max(1, steps - 1)``, beyond which
+        more checkpoints save nothing.
+
+    Raises:
+        ValueError: memory_budget is not a non-negative integer, or holds no state.
+    """
     _check_budget(memory_budget)
     count = memory_budget // max(state_bytes, 1)
     if count < 1:
@@ -189,6 +221,7 @@ def checkpoints_for_budget(memory_budget: int, state_bytes: int, steps: int) -> 
 
 
 Event = tuple[str, int, int]
+"""What ``record`` collects: ``(kind, position, held)``, see there."""
 _recorders: contextvars.ContextVar[tuple[list[Event], ...]] = contextvars.ContextVar(
     "anode_ext_revolve_recorders", default=()
 )
@@ -196,10 +229,15 @@ _recorders: contextvars.ContextVar[tuple[list[Event], ...]] = contextvars.Contex
 
 @contextlib.contextmanager
 def record() -> Iterator[list[Event]]:
-    """Collect, for debugging and tests, every action that revolve blocks started in the
-    body perform (their backward included, even when it runs later or on another
-    thread): ``(kind, position, checkpoints held after the action, block input
-    included)``. Only solves started in this thread (this context) are recorded."""
+    """Collect, for debugging and tests, every action that revolve solves started in the
+    body perform (their backward included, even when it runs later or on another thread).
+    Only solves started in this thread (this context) are recorded.
+
+    Yields:
+        A list that fills with ``(kind, position, held)`` Events: ``kind`` an Action kind,
+        ``position`` the action's start (a forward keeping a state is a ``store``, the
+        input's at 0 included), ``held`` the states held after it, the input included.
+    """
     events: list[Event] = []
     token = _recorders.set((*_recorders.get(), events))
     try:
@@ -209,5 +247,6 @@ def record() -> Iterator[list[Event]]:
 
 
 def recorders() -> tuple[list[Event], ...]:
-    """The event lists that a revolve solve starting now reports to (see record)."""
+    """Return the event lists of the ``record`` blocks open in this context: those a
+    revolve solve starting now reports to."""
     return _recorders.get()

@@ -1,4 +1,5 @@
-"""Explicit Runge–Kutta methods as Butcher tableaux."""
+"""Explicit Runge–Kutta methods as Butcher tableaux (Hairer, Nørsett & Wanner, Solving
+Ordinary Differential Equations I, section II.1)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,28 @@ def _real(value: object, where: str) -> float:
 @dataclass(frozen=True)
 class Tableau:
     """An explicit Butcher tableau: stage i is ``k_i = f(t + c_i h, y + h sum_j a[i][j] k_j)``
-    for ``j < i`` and the step is ``y + h sum_i b_i k_i``.
+    for ``j < i`` and the step is ``y + h sum_i b_i k_i`` (Hairer, Nørsett & Wanner,
+    Solving ODEs I, section II.1). Immutable and hashable; order conditions are not checked.
 
-    ``a`` holds the strictly lower triangle, one row per stage: row i has i entries
-    (a full square matrix with zeros on and above the diagonal is accepted too).
-    ``c`` defaults to the row sums of ``a``.
+    Args:
+        a: the strictly lower triangle, one row per stage: row i has i entries (a full
+            s x s matrix with zeros on and above the diagonal is accepted too).
+        b: the s weights of the step.
+        c: the s nodes; by default the row sums of ``a``.
+        name: a non-empty label, shown in the repr.
+
+    Attributes:
+        a, b, c, name: as given, as tuples of floats (``a`` as its lower-triangle rows).
+        terms: for each stage and then the step, ``(indices, weights)`` of the earlier
+            ks with a nonzero coefficient in its row of ``a`` (or in ``b``), so that
+            zero coefficients cost no pass over memory.
+
+    Raises:
+        ValueError: b is empty; a or c does not have one row or entry per stage; a row
+            has neither i nor s entries, or a full row is nonzero on or above the
+            diagonal; a coefficient is not a finite real number (bools are refused);
+            the name is not a non-empty string.
+        TypeError: a, b, c or a row of a is not a sequence.
     """
 
     a: tuple[tuple[float, ...], ...]
@@ -85,7 +103,7 @@ class Tableau:
 
     @property
     def stages(self) -> int:
-        """Number of function evaluations per step."""
+        """s, the number of stages: function evaluations per step."""
         return len(self.b)
 
     def __repr__(self) -> str:
@@ -110,10 +128,19 @@ TABLEAUX: dict[str, Tableau] = {
         ),
     )
 }
+"""The built-in methods by name: ``euler`` (order 1), ``midpoint`` (Runge's explicit
+midpoint rule, order 2; ANODE's RK2), ``heun`` (explicit trapezoidal rule, order 2),
+``rk4`` (Kutta's classical method, order 4) and ``rk4_38`` (Kutta's 3/8 rule, order 4);
+Hairer, Nørsett & Wanner, Solving ODEs I, section II.1."""
 
 
 def get_tableau(method: str | Tableau) -> Tableau:
-    """The tableau for a method name (see ``TABLEAUX``) or a given ``Tableau``."""
+    """Return the tableau of a method name in ``TABLEAUX``, or ``method`` itself when it
+    is a ``Tableau``.
+
+    Raises:
+        ValueError: any other name or object.
+    """
     if isinstance(method, Tableau):
         return method
     if isinstance(method, str) and method in TABLEAUX:

@@ -23,10 +23,16 @@ class _Saved:
 
 
 class SavedBytes:
-    """Live accounting of the storages autograd holds for backward.
+    """Live accounting of the storages autograd holds for backward, in bytes.
 
-    A storage saved by several graph nodes counts once; it stops counting when the
-    last node holding it is freed.
+    A saved tensor counts the whole storage it views (``untyped_storage().nbytes()``); a
+    storage saved by several graph nodes counts once, and stops counting when the last
+    node holding it is freed. Meta tensors and the storages of `exclude` (tensors) do
+    not count.
+
+    Attributes:
+        current: bytes held now.
+        peak: the most bytes held at any moment since construction.
     """
 
     def __init__(self, exclude: Iterable[Tensor]) -> None:
@@ -41,6 +47,8 @@ class SavedBytes:
         return t.untyped_storage().data_ptr()
 
     def pack(self, t: Tensor) -> _Saved:
+        """The pack hook of ``torch.autograd.graph.saved_tensors_hooks``: count `t`'s
+        storage and return what autograd holds instead of `t`."""
         saved = _Saved(t)
         if t.device.type == "meta":
             return saved
@@ -64,18 +72,25 @@ class SavedBytes:
 
     @property
     def total(self) -> int:
-        """Bytes held for backward now."""
+        """Bytes held for backward now (``current``)."""
         return self.current
 
 
 @contextlib.contextmanager
 def count_saved_bytes(exclude: Iterable[Tensor] = ()) -> Iterator[SavedBytes]:
-    """Track what autograd saves for backward in the body.
+    """Track the bytes autograd saves for backward in the body, on any device.
 
     Read ``.total`` after a forward for what the graph holds; ``.peak`` after the
     backward for the most held at any moment (recomputed graphs included). Storages
     of `exclude` (typically the model's parameters, which are held anyway) are not
     counted.
+
+    Args:
+        exclude: tensors whose storages are not counted.
+
+    Yields:
+        The SavedBytes counter, which keeps counting the graph's releases after the
+        body ends.
     """
     counter = SavedBytes(exclude)
     with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda saved: saved.tensor):
