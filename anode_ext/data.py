@@ -254,7 +254,7 @@ def augment(images: Tensor, generator: torch.Generator) -> Tensor:
     images) and horizontally flip, each image independently.
 
     Args:
-        images: (N, C, H, W), on the CPU (the flip mask is drawn there).
+        images: (N, C, H, W), on any device (the crop offsets and flips are drawn on the CPU).
         generator: a CPU generator; the result is a function of it and the images.
 
     Returns:
@@ -266,7 +266,7 @@ def augment(images: Tensor, generator: torch.Generator) -> Tensor:
     dx = torch.randint(0, 9, (n,), generator=generator).tolist()
     flip = torch.rand(n, generator=generator) < 0.5
     crops = torch.stack([padded[i, :, y : y + h, x : x + w] for i, (y, x) in enumerate(zip(dy, dx))])
-    return torch.where(flip.view(n, 1, 1, 1), crops.flip(3), crops)
+    return torch.where(flip.view(n, 1, 1, 1).to(images.device), crops.flip(3), crops)
 
 
 def batches(
@@ -278,7 +278,12 @@ def batches(
         images, labels: tensors indexed along their first dimension.
         batch_size: samples per batch, >= 1; the last batch may be smaller.
         indices: a 1-d int64 tensor of the samples to take, in order.
+
+    Raises:
+        ValueError: a batch_size that is not an integer >= 1.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     for start in range(0, len(indices), batch_size):
         chosen = indices[start : start + batch_size]
         yield images[chosen], labels[chosen]

@@ -22,6 +22,11 @@ _ops = torch.ops.anode_ext
 
 def _as_floats(values: Sequence[float] | Tensor, what: str) -> list[float]:
     if isinstance(values, Tensor):
+        if values.requires_grad:
+            raise ValueError(
+                f"rk_combine: {what} is a tensor that requires grad, but the op takes its {what} as constants "
+                "and gives them no gradient; pass numbers, or a detached tensor"
+            )
         values = values.tolist()
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise TypeError(f"rk_combine: {what} must be a sequence of numbers, got {type(values).__name__}")

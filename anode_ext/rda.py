@@ -16,6 +16,7 @@ the ANODEv2 paper names RDA dynamics but its exact operators are not public.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -30,6 +31,9 @@ REACTIONS = {"tanh": 0, "relu": 1, "none": 2}
 """The reaction functions rho by name, with the code the compiled ops take."""
 
 _ops = torch.ops.anode_ext
+
+MAX_TAPS = 49
+"""Taps per filter the fused kernels take (csrc/rda.h, kRdaMaxTaps): up to 7x7."""
 
 
 def _reaction_code(reaction: str) -> int:
@@ -86,6 +90,11 @@ def rda_rk_step(theta: Tensor, coefficients: Tensor, tableau: Tableau, h: float,
         ValueError: an unknown reaction.
         RuntimeError: as for ``rda_rhs``, or a tableau of more than 8 stages.
     """
+    if isinstance(h, Tensor) and h.requires_grad:
+        raise ValueError(
+            "rda_rk_step: h is a tensor that requires grad, but the fused step takes h as a constant and gives "
+            "it no gradient; step with rda_rhs and ordinary tensor arithmetic for a learnable step size"
+        )
     return _ops.rda_rk_step.default(
         theta, coefficients, _reaction_code(reaction), _flat_lower(tableau), list(tableau.b), float(h)
     )
@@ -131,7 +140,7 @@ class RDA(nn.Module):
 
     Raises:
         ValueError: an unknown reaction, or a shape of other than 2, 3 or 4 dimensions.
-            Filters of more than 49 taps are refused (RuntimeError) only when called.
+            or a filter of more than 49 taps.
     """
 
     def __init__(self, shapes: Sequence[Sequence[int]], reaction: str = "tanh", diffusion: float = 1e-2) -> None:
@@ -143,6 +152,11 @@ class RDA(nn.Module):
             if len(shape) not in (2, 3, 4):
                 raise ValueError(
                     f"RDA dynamics take convolution or linear weights; got a weight of shape {tuple(shape)}"
+                )
+            if math.prod(shape[2:]) > MAX_TAPS:
+                raise ValueError(
+                    f"RDA dynamics take filters of at most {MAX_TAPS} taps (7x7); got a weight of shape "
+                    f"{tuple(shape)}; leave that weight out of the evolving weights"
                 )
             init = torch.zeros(4, shape[0])
             init[0] = diffusion

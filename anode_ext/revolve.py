@@ -200,18 +200,24 @@ def checkpoints_for_budget(memory_budget: int, state_bytes: int, steps: int) -> 
 
     Args:
         memory_budget: bytes the kept states may take, an integer >= 0.
-        state_bytes: bytes of one state (0 is taken as 1).
-        steps: the steps of the solve.
+        state_bytes: bytes of one state, an integer >= 0 (an empty state fits any budget).
+        steps: the steps of the solve, an integer >= 1.
 
     Returns:
         ``memory_budget // state_bytes``, capped at ``max(1, steps - 1)``, beyond which
         more checkpoints save nothing.
 
     Raises:
-        ValueError: memory_budget is not a non-negative integer, or holds no state.
+        ValueError: memory_budget or state_bytes is not a non-negative integer, steps is not
+            a positive one, or the budget holds no state.
     """
     _check_budget(memory_budget)
-    count = memory_budget // max(state_bytes, 1)
+    _check(steps, 1)
+    if isinstance(state_bytes, bool) or not isinstance(state_bytes, numbers.Integral) or state_bytes < 0:
+        raise ValueError(f"state_bytes must be a non-negative integer, got {state_bytes!r}")
+    if state_bytes == 0:
+        return max(1, steps - 1)
+    count = memory_budget // state_bytes
     if count < 1:
         raise ValueError(
             f"memory_budget={memory_budget} bytes holds no checkpoint: one state of this block "

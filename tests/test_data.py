@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from anode_ext.data import CIFAR_MEAN, CIFAR_STD, augment, load_dataset, synthetic_dataset
+from anode_ext.data import CIFAR_MEAN, CIFAR_STD, augment, batches, load_dataset, synthetic_dataset
 
 
 def write_batch(path, n, label_key, classes, seed, protocol=2):
@@ -159,3 +159,9 @@ def test_synthetic_is_learnable_and_fixed():
     a, b = synthetic_dataset(), synthetic_dataset()
     assert torch.equal(a.train_images, b.train_images) and torch.equal(a.train_labels, b.train_labels)
     assert len(set(a.train_labels.tolist())) > 3
+
+
+@pytest.mark.parametrize("size", [0, -2, 1.5])
+def test_batches_refuses_a_bad_size(size):
+    with pytest.raises(ValueError, match=f"batch_size must be an integer >= 1, got {size}"):
+        list(batches(torch.zeros(4, 1), torch.zeros(4), size, torch.arange(4)))

@@ -5,7 +5,7 @@ import torch
 from rda_reference import rda_reference
 from testing import DEVICES, FLOAT_DTYPES, dtype_id, needs_cuda
 
-from anode_ext import TABLEAUX, Tableau, rda_rhs, rda_rk_step, rk_combine
+from anode_ext import RDA, TABLEAUX, Tableau, rda_rhs, rda_rk_step, rk_combine
 
 ops = torch.ops.anode_ext
 SHAPES = [(5, 3, 3, 3), (4, 2, 1, 1), (3, 2), (3, 2, 5), (2, 2, 7, 7), (2, 3, 4, 6), (0, 3, 3, 3), (3, 0, 3, 3)]
@@ -214,6 +214,18 @@ def test_tableau_errors():
         rda_rk_step(torch.zeros(3, 2), torch.zeros(4, 3), nine, 0.1)
     with pytest.raises(RuntimeError, match="got 2 entries of a for 2 stages; expected 1"):
         ops.rda_rk_step(torch.zeros(3, 2), torch.zeros(4, 3), 0, [0.5, 0.5], [0.5, 0.5], 0.1)
+
+
+def test_learnable_step_size_and_large_filters_are_refused():
+    theta, coefficients = sample((3, 2, 3, 3))
+    h = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="h is a tensor that requires grad"):
+        rda_rk_step(theta, coefficients, TABLEAUX["rk4"], h)
+    torch.testing.assert_close(rda_rk_step(theta, coefficients, TABLEAUX["rk4"], h.detach())[-1],
+                               rda_rk_step(theta, coefficients, TABLEAUX["rk4"], 0.1)[-1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"at most 49 taps \(7x7\); got a weight of shape \(4, 4, 9, 9\)"):
+        RDA([(4, 4, 3, 3), (4, 4, 9, 9)])
+    assert len(RDA([(4, 4, 7, 7), (4, 4, 49), (4, 4)]).coefficients) == 3
 
 
 def test_double_backward_is_refused():

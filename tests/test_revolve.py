@@ -177,6 +177,18 @@ def test_budget_smaller_than_one_state():
         Revolve(memory_budget=-5)
 
 
+def test_budget_of_an_empty_state_and_bad_sizes():
+    assert revolve.checkpoints_for_budget(0, 0, 8) == 7
+    with pytest.raises(ValueError, match="state_bytes must be a non-negative integer, got -1"):
+        revolve.checkpoints_for_budget(100, -1, 8)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
+        revolve.checkpoints_for_budget(100, 8, 0)
+    empty = torch.zeros(0, 3, requires_grad=True)
+    out = odeint(lambda t, y: -y, empty, steps=4, grad=Revolve(memory_budget=0))
+    assert out.shape == (0, 3)
+    out.sum().backward()
+
+
 def test_default_checkpoints_is_log2_steps():
     func, x = make_func("mlp")
     with revolve.record() as events:

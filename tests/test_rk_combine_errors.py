@@ -76,6 +76,8 @@ def test_weights_given_as_tensor():
     y = torch.ones(3, dtype=torch.float64)
     out = rk_combine(y, [y, y], torch.tensor([1.0, 2.0]), 0.5)
     torch.testing.assert_close(out, torch.full_like(y, 2.5))
+    with pytest.raises(ValueError, match="weights is a tensor that requires grad, but the op takes its weights as constants"):
+        rk_combine(y, [y, y], torch.tensor([1.0, 2.0], requires_grad=True), 0.5)
 
 
 @pytest.mark.parametrize("device", DEVICES)
