@@ -10,6 +10,7 @@ pytest.importorskip("matplotlib")
 
 from anode_ext.bench.cli import DEFAULT_SECTIONS as SECTIONS  # noqa: E402
 from anode_ext.bench.cli import main  # noqa: E402
+from anode_ext.bench.timing import timing_summaries  # noqa: E402
 
 
 def numbers(value):
@@ -46,6 +47,14 @@ def test_quick_report(tmp_path):
     for section in SECTIONS:
         assert results[section], section
     assert report.count("## ") == len(SECTIONS)
+    # Every timed row carries its spread, and the summary counts them.
+    summaries = list(timing_summaries(results))
+    assert len(summaries) >= 40 and all(s["rounds"] >= 1 and s["spread"] >= 0 for s in summaries)
+    flagged = sum(s["noisy"] for s in summaries)
+    assert f"Timing: {len(summaries)} timed rows;" in report and f"{flagged} flagged †" in report
+    # The blocks table shows one Nt; the other rows are in results.json and the plots.
+    hidden = sum(f"Nt={r['steps']} shown" not in report for r in results["blocks"])
+    assert report.count("(IQR ") == len(summaries) - hidden
 
 
 def test_bad_arguments(capsys):

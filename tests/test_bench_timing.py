@@ -2,6 +2,7 @@
 
 import pytest
 
+from anode_ext.bench import timing
 from anode_ext.bench.timing import compare_medians, compare_samples, median_paired_difference
 
 
@@ -29,3 +30,48 @@ def test_paired_difference_is_the_median_of_per_round_differences():
 def test_paired_difference_needs_one_sample_per_round():
     with pytest.raises(ValueError):
         median_paired_difference({"solve": [1.0, 2.0], "bare": [1.0]}, "solve", "bare")
+
+
+class FakeClock:
+    """perf_counter for compare_samples: each timed call lasts the next of `durations`."""
+
+    def __init__(self, durations):
+        self.durations = iter(durations)
+        self.now = 0.0
+        self.started = False
+
+    def __call__(self):
+        if self.started:
+            self.now += next(self.durations)
+        self.started = not self.started
+        return self.now
+
+
+def test_a_noisy_comparison_is_rerun_then_flagged(monkeypatch):
+    # One variant, no warmup, 4 rounds per run: every run is as noisy as the first.
+    monkeypatch.setattr(timing.time, "perf_counter", FakeClock([1.0, 1.0, 3.0, 3.0] * 3))
+    timings = timing.compare_timings({"a": lambda: None}, "cpu", warmup=0, repeats=4, max_reruns=2)
+    t = timings["a"]
+    assert t.reruns == 2 and t.noisy and t.median == 2.0
+    assert t.summary()["spread"] == pytest.approx(1.0) and t.summary()["min"] == 1.0
+    cell = timing.time_cell(t.summary())
+    assert cell == "2000.0 (IQR 100 %) †"
+    assert "† spread above 10% after 2 reruns" in timing.noisy_footnote([t.summary()])
+
+
+def test_a_steady_comparison_runs_once_and_the_least_noisy_run_is_kept(monkeypatch):
+    monkeypatch.setattr(timing.time, "perf_counter", FakeClock([1.0, 1.01, 0.99, 1.0]))
+    t = timing.compare_timings({"a": lambda: None}, "cpu", warmup=0, repeats=4)["a"]
+    assert t.reruns == 0 and not t.noisy
+    assert timing.noisy_footnote([t.summary()]) == ""
+    # First run noisy, second steady: the second is kept, unflagged.
+    monkeypatch.setattr(timing.time, "perf_counter", FakeClock([1.0, 1.0, 3.0, 3.0, 1.0, 1.0, 1.0, 1.0]))
+    t = timing.compare_timings({"a": lambda: None}, "cpu", warmup=0, repeats=4)["a"]
+    assert t.reruns == 1 and not t.noisy and t.median == 1.0
+
+
+def test_timing_summaries_are_found_anywhere_in_results():
+    steady, noisy = timing.Timing((1.0, 1.0, 1.0)).summary(), timing.Timing((1.0, 2.0, 4.0)).summary()
+    results = {"ops": [{"timings": {"a": steady, "b": noisy}}], "models": [{"timing": steady}], "seconds": 3.0}
+    found = list(timing.timing_summaries(results))
+    assert len(found) == 3 and sum(s["noisy"] for s in found) == 1

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..models.blocks import ResNetBranch, SqnxtBranch
 from .memory import count_saved_bytes
 from .solvers import Solver
-from .timing import compare_medians, synchronize
+from .timing import compare_timings, noisy_footnote, synchronize, time_cell
 
 BLOCK_FUNCS: dict[str, Callable[[int], nn.Module]] = {
     "resnet": ResNetBranch,
@@ -83,7 +83,7 @@ def block_benchmark(
     func = BLOCK_FUNCS[kind](channels).to(device)
     x = torch.randn(batch, channels, image_size, image_size, device=device).requires_grad_(True)
     weights = _output_weights(x.shape, x.dtype, device)
-    times = compare_medians(
+    times = compare_timings(
         {s.name: (lambda s=s: _step(func, x, s, method, steps, weights)) for s in solver_list},
         device,
         warmup=1,
@@ -107,8 +107,9 @@ def block_benchmark(
                 "method": method,
                 "steps": steps,
                 "solver": solver.name,
-                "seconds": times[solver.name],
-                "images_per_s": batch / times[solver.name],
+                "seconds": times[solver.name].median,
+                "timing": times[solver.name].summary(),
+                "images_per_s": batch / times[solver.name].median,
                 "saved_bytes_after_forward": held,
                 "saved_bytes_peak": peak,
                 "device_peak_bytes": device_peak,
@@ -124,12 +125,11 @@ def format_block_rows(rows: list[dict[str, Any]], steps: int) -> str:
         f"| block | method | solver (Nt={steps}) | ms / step | images/s | saved MiB (peak) | GPU peak MiB | grad error |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        if r["steps"] != steps:
-            continue
+    shown = [r for r in rows if r["steps"] == steps]
+    for r in shown:
         device_peak = "-" if r["device_peak_bytes"] is None else f"{r['device_peak_bytes'] / 2**20:.1f}"
         lines.append(
-            f"| {r['block']} | {r['method']} | {r['solver']} | {r['seconds'] * 1e3:.1f} | {r['images_per_s']:.0f} "
+            f"| {r['block']} | {r['method']} | {r['solver']} | {time_cell(r['timing'])} | {r['images_per_s']:.0f} "
             f"| {r['saved_bytes_peak'] / 2**20:.2f} | {device_peak} | {r['grad_error']:.1e} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines) + noisy_footnote(r["timing"] for r in shown)

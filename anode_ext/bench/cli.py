@@ -33,6 +33,7 @@ from .solver_costs import (
     step_overhead,
 )
 from .solvers import solvers, torchdiffeq_version
+from .timing import MAX_RERUNS, NOISE_THRESHOLD, NOISY_MARK, timing_summaries
 
 
 @dataclass
@@ -301,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"{env['device_name']} ({args.device}), {env['cpu_count']} CPUs, torch {env['torch_version']}, "
         f"torchdiffeq {env['torchdiffeq'] or 'not installed'}, {preset_name} sizes, {env['date']}.",
-        "Times are medians of runs interleaved across the variants compared; memory is the bytes "
+        "Times are medians of runs interleaved across the variants compared, with their spread "
+        "(IQR: the interquartile range over the rounds, in percent of the median); memory is the bytes "
         "autograd holds for backward (parameters excluded).",
     ]
     started = time.perf_counter()
@@ -313,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = data
         report += ["", f"## {title}", "", table]
     results["seconds"] = time.perf_counter() - started
+    report.insert(4, noise_summary(results))
     bad = non_finite(results)
     write_atomically(os.path.join(args.out, "results.json"), json.dumps(results, indent=2) + "\n")
     write_atomically(os.path.join(args.out, "report.md"), "\n".join(report) + "\n")
@@ -321,6 +324,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"anode-bench: non-finite figures at {', '.join(bad)}", file=sys.stderr)
         return 1
     return 0
+
+
+def noise_summary(results: dict[str, Any]) -> str:
+    """The report's line on how trustworthy its times are: how many were flagged noisy."""
+    summaries = list(timing_summaries(results))
+    flagged = sum(s["noisy"] for s in summaries)
+    rerun = sum(s["reruns"] > 0 for s in summaries)
+    return (
+        f"Timing: {len(summaries)} timed rows; {rerun} needed a rerun; {flagged} flagged {NOISY_MARK} "
+        f"(spread above {NOISE_THRESHOLD:.0%} after {MAX_RERUNS} reruns, read as approximate)."
+    )
 
 
 if __name__ == "__main__":

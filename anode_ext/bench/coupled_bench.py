@@ -9,7 +9,7 @@ import torch
 from ..block import ODEBlock
 from ..coupled import CoupledODEBlock
 from .blocks import BLOCK_FUNCS
-from .timing import compare_medians
+from .timing import compare_timings, noisy_footnote, time_cell
 
 
 def coupled_benchmark(
@@ -28,10 +28,13 @@ def coupled_benchmark(
         block.zero_grad(set_to_none=True)
         block(x).sum().backward()
 
-    times = compare_medians({name: (lambda b=b: step(b)) for name, b in blocks.items()}, device, warmup=1, repeats=repeats)
+    timings = compare_timings({name: (lambda b=b: step(b)) for name, b in blocks.items()}, device, warmup=1,
+                              repeats=repeats)
+    times = {name: t.median for name, t in timings.items()}
     return {
         "block": kind, "channels": channels, "batch": batch, "method": method, "steps": steps, "grad": grad,
-        "seconds": times, "coupled_over_uncoupled": times["coupled (rda)"] / times["uncoupled"],
+        "seconds": times, "timings": {name: t.summary() for name, t in timings.items()},
+        "coupled_over_uncoupled": times["coupled (rda)"] / times["uncoupled"],
     }
 
 
@@ -39,9 +42,9 @@ def format_coupled(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of coupled_benchmark results."""
     lines = ["| block | method | Nt | grad | uncoupled ms | coupled ms | coupled / uncoupled |", "|---|---|---:|---|---:|---:|---:|"]
     for r in rows:
-        s = r["seconds"]
+        s = r["timings"]
         lines.append(
-            f"| {r['block']} ({r['channels']} ch) | {r['method']} | {r['steps']} | {r['grad']} | {s['uncoupled'] * 1e3:.1f} "
-            f"| {s['coupled (rda)'] * 1e3:.1f} | {r['coupled_over_uncoupled']:.2f} |"
+            f"| {r['block']} ({r['channels']} ch) | {r['method']} | {r['steps']} | {r['grad']} | {time_cell(s['uncoupled'])} "
+            f"| {time_cell(s['coupled (rda)'])} | {r['coupled_over_uncoupled']:.2f} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines) + noisy_footnote(t for r in rows for t in r["timings"].values())

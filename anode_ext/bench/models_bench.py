@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from .. import models
 from ..modes import grad_mode_named
 from .memory import count_saved_bytes
-from .timing import compare_medians, synchronize
+from .timing import compare_timings, noisy_footnote, synchronize, time_cell
 
 # (label, grad, checkpoints, coupled)
 MODEL_MODES = [
@@ -49,9 +49,10 @@ def model_benchmark(
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, image_size, image_size, generator=gen).to(device)
     target = torch.randint(0, 10, (batch,), generator=gen).to(device)
-    times = compare_medians(
+    timings = compare_timings(
         {label: (lambda m=m: _train_step(m, x, target)) for label, m in built.items()}, device, warmup=1, repeats=repeats
     )
+    times = {label: t.median for label, t in timings.items()}
     rows = []
     for label, model in built.items():
         cuda = torch.device(device).type == "cuda"
@@ -78,6 +79,7 @@ def model_benchmark(
                 "steps": steps,
                 "mode": label,
                 "seconds": times[label],
+                "timing": timings[label].summary(),
                 "images_per_s": batch / times[label],
                 "saved_bytes_per_image": held / batch,
                 "saved_bytes_peak_per_image": counter.peak / batch,
@@ -97,8 +99,8 @@ def format_model_rows(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         device_peak = "-" if r["device_peak_bytes"] is None else f"{r['device_peak_bytes'] / 2**20:.0f}"
         lines.append(
-            f"| {r['model']} (x{r['width']:g}) | {r['steps']} | {r['mode']} | {r['seconds'] * 1e3:.0f} "
+            f"| {r['model']} (x{r['width']:g}) | {r['steps']} | {r['mode']} | {time_cell(r['timing'], digits=0)} "
             f"| {r['images_per_s']:.1f} | {r['time_over_direct']:.2f} "
             f"| {r['saved_bytes_per_image'] / 1024:.0f}, {r['saved_bytes_peak_per_image'] / 1024:.0f} | {device_peak} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines) + noisy_footnote(r["timing"] for r in rows)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ..ops import rk_combine
-from .timing import compare_medians
+from .timing import compare_timings, noisy_footnote, time_cell
 
 RK4_WEIGHTS = (1 / 6, 1 / 3, 1 / 3, 1 / 6)
 
@@ -29,7 +29,7 @@ def rk4_combine_benchmark(
     out = torch.empty_like(y)
     h = 0.1
     k1, k2, k3, k4 = ks
-    medians = compare_medians(
+    timings = compare_timings(
         {
             "eager": lambda: y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4),
             "fused": lambda: rk_combine(y, ks, RK4_WEIGHTS, h),
@@ -39,6 +39,7 @@ def rk4_combine_benchmark(
         device,
         repeats=repeats,
     )
+    medians = {name: t.median for name, t in timings.items()}
     floor = 3 * medians["clone"]
     bytes_moved = 6 * numel * y.element_size()
     return {
@@ -46,6 +47,7 @@ def rk4_combine_benchmark(
         "dtype": str(dtype).removeprefix("torch."),
         "device": str(device),
         "seconds": medians,
+        "timings": {name: t.summary() for name, t in timings.items()},
         "floor_seconds": floor,
         "eager_over_fused": medians["eager"] / medians["fused"],
         "fused_over_floor": medians["fused"] / floor,
@@ -63,10 +65,10 @@ def format_rk4_table(rows: list[dict[str, Any]]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        s = r["seconds"]
+        s = r["timings"]
         lines.append(
-            f"| {r['device']} | {r['dtype']} | {r['numel']} | {s['eager'] * 1e3:.2f} "
-            f"| {s['fused'] * 1e3:.2f} | {s['fused_out'] * 1e3:.2f} | {r['floor_seconds'] * 1e3:.2f} "
+            f"| {r['device']} | {r['dtype']} | {r['numel']} | {time_cell(s['eager'], digits=2)} "
+            f"| {time_cell(s['fused'], digits=2)} | {time_cell(s['fused_out'], digits=2)} | {time_cell(s['clone'], scale=3e3, digits=2)} "
             f"| {r['eager_over_fused']:.2f} | {r['fused_over_floor']:.2f} | {r['eager_over_floor']:.2f} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines) + noisy_footnote(t for r in rows for t in r["timings"].values())

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..solver import python_rk_step, rk_step
 from ..tableau import get_tableau
-from .timing import compare_medians
+from .timing import compare_timings, noisy_footnote, time_cell
 
 _PYTHON_OP = "anode_ext_bench::rk_combine_python_autograd"
 _registered = False
@@ -69,7 +69,7 @@ def overhead_benchmark(repeats: int = 11, calls: int = 2000) -> dict[str, Any]:
         fused(y, [y], [1.0], 0.1)
         fused(y, [y, y, y, y], [1 / 6, 1 / 3, 1 / 3, 1 / 6], 0.1)
 
-    medians = compare_medians(
+    timings = compare_timings(
         {
             "cpp_autograd": repeat(lambda: fused(y, ks, weights, 0.1)),
             "python_autograd": repeat(lambda: twin(y, ks, weights, 0.1)),
@@ -81,23 +81,24 @@ def overhead_benchmark(repeats: int = 11, calls: int = 2000) -> dict[str, Any]:
         "cpu",
         repeats=repeats,
     )
-    per_call = {name: seconds / calls * 1e6 for name, seconds in medians.items()}
+    per_call = {name: t.median / calls * 1e6 for name, t in timings.items()}
     per_call["rk4_step_python_bookkeeping"] = per_call["rk4_step_python"] - per_call["rk4_step_combines_only"]
-    return {"microseconds_per_call": per_call, "elements": 16, "calls_per_sample": calls}
+    return {"microseconds_per_call": per_call, "timings": {name: t.summary() for name, t in timings.items()},
+            "elements": 16, "calls_per_sample": calls}
 
 
 def format_overhead(result: dict[str, Any]) -> str:
     """A Markdown table of overhead_benchmark results."""
-    us = result["microseconds_per_call"]
+    timings, scale = result["timings"], 1e6 / result["calls_per_sample"]
     rows = [
-        ("rk_combine, autograd registered in C++", us["cpp_autograd"]),
-        ("the same kernel, autograd via torch.library.register_autograd", us["python_autograd"]),
-        ("eager y + h (w1 k1 + w2 k2)", us["eager_expression"]),
-        ("one RK4 step, func(t, y) = y, compiled step loop", us["rk4_step"]),
-        ("one RK4 step, func(t, y) = y, Python step loop", us["rk4_step_python"]),
-        ("  of which the 4 rk_combine calls from Python", us["rk4_step_combines_only"]),
-        ("  of which Python bookkeeping", us["rk4_step_python_bookkeeping"]),
+        ("rk_combine, autograd registered in C++", "cpp_autograd"),
+        ("the same kernel, autograd via torch.library.register_autograd", "python_autograd"),
+        ("eager y + h (w1 k1 + w2 k2)", "eager_expression"),
+        ("one RK4 step, func(t, y) = y, compiled step loop", "rk4_step"),
+        ("one RK4 step, func(t, y) = y, Python step loop", "rk4_step_python"),
+        ("  of which the 4 rk_combine calls from Python", "rk4_step_combines_only"),
     ]
     lines = ["| per call, 16 elements, inputs require grad | us |", "|---|---:|"]
-    lines += [f"| {name} | {value:.1f} |" for name, value in rows]
-    return "\n".join(lines)
+    lines += [f"| {name} | {time_cell(timings[key], scale=scale)} |" for name, key in rows]
+    lines.append(f"|   of which Python bookkeeping | {result['microseconds_per_call']['rk4_step_python_bookkeeping']:.1f} |")
+    return "\n".join(lines) + noisy_footnote(timings.values())

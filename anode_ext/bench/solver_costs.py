@@ -18,7 +18,7 @@ from ..tableau import get_tableau
 from .blocks import block_gradients, gradient_error
 from .funcs import MLP, ConvBNReLU2, ConvReLU
 from .solvers import Solver, solvers, torchdiffeq
-from .timing import compare_medians, compare_samples, median_paired_difference
+from .timing import compare_timings, median_paired_difference, noisy_footnote, time_cell
 
 _TORCHDIFFEQ_ODEINT = "torchdiffeq odeint"
 _TORCHDIFFEQ_ADJOINT = "torchdiffeq odeint_adjoint"
@@ -52,7 +52,8 @@ def conv_block_costs(
 
     variants = {s.name: (lambda s=s: train_step(s)) for s in chosen}
     variants["forward without graph"] = forward_without_graph
-    seconds = compare_medians(variants, device, warmup=1, repeats=repeats)
+    timings = compare_timings(variants, device, warmup=1, repeats=repeats)
+    seconds = {name: t.median for name, t in timings.items()}
     result: dict[str, Any] = {
         "channels": channels,
         "batch": batch,
@@ -60,6 +61,7 @@ def conv_block_costs(
         "method": method,
         "steps": steps,
         "seconds": seconds,
+        "timings": {name: t.summary() for name, t in timings.items()},
         "anode_over_direct": seconds["anode"] / seconds["direct"],
         "recompute_floor_over_direct": 1 + seconds["forward without graph"] / seconds["direct"],
     }
@@ -79,7 +81,8 @@ def format_conv_block(result: dict[str, Any]) -> str:
         "| variant | ms | / direct |",
         "|---|---:|---:|",
     ]
-    lines += [f"| {name} | {value * 1e3:.0f} | {value / direct:.2f} |" for name, value in s.items()]
+    lines += [f"| {name} | {time_cell(result['timings'][name], digits=0)} | {value / direct:.2f} |"
+              for name, value in s.items()]
     lines.append(f"| recompute floor (direct + forward without graph) | | {result['recompute_floor_over_direct']:.2f} |")
     if "anode_over_torchdiffeq_adjoint" in result:
         lines += [
@@ -87,7 +90,7 @@ def format_conv_block(result: dict[str, Any]) -> str:
             f"anode / torchdiffeq odeint_adjoint = {result['anode_over_torchdiffeq_adjoint']:.2f}; "
             f"torchdiffeq odeint_adjoint / odeint = {result['torchdiffeq_adjoint_over_odeint']:.2f}",
         ]
-    return "\n".join(lines)
+    return "\n".join(lines) + noisy_footnote(result["timings"].values())
 
 
 def step_overhead(
@@ -135,10 +138,11 @@ def step_overhead(
                 variants[f"{s.name}, {kind}"] = lambda s=s, train=train: solve(s, train)
         anode = Solver("anode", "anode_ext", "anode")
         variants["anode, forward+backward"] = lambda: solve(anode, True)
-        samples = compare_samples(variants, "cpu", warmup=2, repeats=repeats)
+        timings = compare_timings(variants, "cpu", warmup=2, repeats=repeats)
     finally:
         torch.set_num_threads(threads)
-    seconds = {name: statistics.median(values) for name, values in samples.items()}
+    samples = {name: list(t.samples) for name, t in timings.items()}
+    seconds = {name: t.median for name, t in timings.items()}
     overhead = {}
     for kind in ("forward+backward", "forward"):
         for s in chosen:
@@ -151,6 +155,7 @@ def step_overhead(
         "method": method,
         "steps": steps,
         "us_per_step": {name: value / steps * 1e6 for name, value in seconds.items()},
+        "timings": {name: t.summary() for name, t in timings.items()},
         "overhead_us_per_step": overhead,
         "recompute": _recompute_ratios(samples),
     }
@@ -186,9 +191,10 @@ def format_step_overhead(result: dict[str, Any]) -> str:
         "| variant | us / step (median) | solver overhead us / step |",
         "|---|---:|---:|",
     ]
-    for name, value in result["us_per_step"].items():
+    for name in result["us_per_step"]:
         added = result["overhead_us_per_step"].get(name)
-        lines.append(f"| {name} | {value:.0f} | {'-' if added is None else f'{added:.0f}'} |")
+        cell = time_cell(result["timings"][name], scale=1e6 / result["steps"], digits=0)
+        lines.append(f"| {name} | {cell} | {'-' if added is None else f'{added:.0f}'} |")
     if "overhead_ratio" in result:
         ratio = result["overhead_ratio"]
         lines += [
@@ -206,7 +212,7 @@ def format_step_overhead(result: dict[str, Any]) -> str:
         f"{recompute['anode_above_floor']:+.2f} of direct (medians of per-round ratios; range "
         f"{recompute['anode_above_floor_range'][0]:+.2f} to {recompute['anode_above_floor_range'][1]:+.2f})",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + noisy_footnote(result["timings"].values())
 
 
 def adjoint_errors(
