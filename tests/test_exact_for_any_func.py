@@ -55,6 +55,22 @@ def test_non_leaf_tensor_of_the_same_graph(grad, checkpoints):
 
 
 @pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+def test_encoded_input_that_func_also_reads(grad, checkpoints):
+    # An input-conditioned ODE after an encoder: y0 is not a leaf, and func uses it by
+    # name in operations that save it (a product, a maximum).
+    def run(mode, c=None):
+        torch.manual_seed(0)
+        encoder, lin = nn.Linear(3, 3).double(), nn.Linear(3, 3).double()
+        h = encoder(torch.randn(4, 3, dtype=torch.float64))
+        out = odeint(lambda t, y: torch.tanh(lin(y)) + 0.1 * h * y + torch.maximum(y, h), h, steps=3,
+                     grad=grad_mode_named(mode, checkpoints=c))
+        out.square().sum().backward()
+        return [encoder.weight.grad, encoder.bias.grad, lin.weight.grad]
+
+    assert_grads_equal(run(grad, checkpoints), run("direct"))
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
 def test_layers_chosen_by_time(grad, checkpoints):
     def run(mode, c=None):
         torch.manual_seed(0)

@@ -138,10 +138,9 @@ class _Position:
         return self._read
 
 
-def _leaf_of(t: Tensor) -> Tensor | None:
-    """The leaf that `t` is or views, if any."""
-    base = t._base if t._is_view() else t
-    return base if base.is_leaf else None
+def _base_of(t: Tensor) -> Tensor:
+    """The tensor that `t` views, or `t` itself."""
+    return t._base if t._is_view() else t
 
 
 class CheckpointedSolve:
@@ -233,9 +232,10 @@ class CheckpointedSolve:
     def _segment_starts(self, segment: int, state: State) -> None:
         self.ledger.start_segment(segment)
         self.requires.append(tuple(s.requires_grad for s in state))
-        # The solve's input (a leaf, or a view of one such as an expanded learned initial
-        # state) is one of the tensors a recompute must meet again, through its copy.
-        inputs = tuple(_leaf_of(s) if segment == 0 else None for s in state)
+        # The solve's input (or the tensor it views, such as a learned initial state it
+        # expands) is one of the tensors a recompute must meet again, through its copy;
+        # also when it is not a leaf, since func may use it by name too.
+        inputs = tuple(_base_of(s) if segment == 0 else None for s in state)
         self.inputs_seen.append(inputs)
         if segment == 0:
             self.ledger.set_known([*self.known, *(t for t in inputs if t is not None)])
