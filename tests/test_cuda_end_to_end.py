@@ -83,3 +83,21 @@ def test_model_trains_under_bf16_autocast(name, coupled):
         opt.step()
     assert torch.isfinite(loss)
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=["anode", "revolve-c1"])
+def test_changed_saved_values_are_refused_on_cuda(grad, checkpoints):
+    # The samples of saved tensors on the GPU are compared once per recomputed segment.
+    lin = torch.nn.Linear(4, 4).cuda()
+    sign = [1.0]
+    x = torch.randn(3, 4, device="cuda", requires_grad=True)
+    out = odeint(lambda t, y: torch.tanh(torch.abs(sign[0] * lin(y))), x, steps=3,
+                 grad=grad_mode_named(grad, checkpoints=checkpoints))
+    sign[0] = -1.0
+    with pytest.raises(RuntimeError, match="holds other values than in the forward"):
+        out.sum().backward()
+    sign[0] = 1.0
+    out = odeint(lambda t, y: torch.tanh(torch.abs(sign[0] * lin(y))), x, steps=3,
+                 grad=grad_mode_named(grad, checkpoints=checkpoints))
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()

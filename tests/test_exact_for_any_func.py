@@ -293,6 +293,28 @@ def test_func_that_does_not_repeat_itself_is_refused(grad, checkpoints):
 
 
 @pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+def test_change_that_leaves_every_state_equal_is_refused(grad, checkpoints):
+    # A sign flipped under abs between forward and backward: every recomputed state is
+    # the forward's, bit for bit, but the tensors autograd saved are not, and so would
+    # the gradient be.
+    class Func(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4).double()
+            self.sign = 1.0
+
+        def forward(self, t, y):
+            return torch.tanh(torch.abs(self.sign * self.lin(y)))
+
+    func = Func()
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    out = ODEBlock(func, steps=3, grad=grad_mode_named(grad, checkpoints=checkpoints))(x)
+    func.sign = -1.0
+    with pytest.raises(RuntimeError, match="saved tensor 2 holds other values than in the forward"):
+        out.sum().backward()
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
 def test_backward_twice_with_retain_graph(grad, checkpoints):
     def run(mode, c=None):
         torch.manual_seed(0)

@@ -4,18 +4,27 @@
 // objects it keeps) cost more than the operation that saved the tensor.
 //
 // For each segment of a solve (the whole solve for anode, one step for revolve) the
-// ledger holds, from the forward, each saved tensor's shape, dtype and the leaf
-// requiring grad it is or views; the tensors themselves only while the segment's
-// forward runs. A recompute records the segment's tensors again, which are compared
-// with the forward's and handed to autograd one by one.
+// ledger holds, from the forward, each saved tensor's shape, dtype, the leaf requiring
+// grad it is or views, and a sample of its values; the tensors themselves only while the
+// segment's forward runs. A recompute records the segment's tensors again, which are
+// compared with the forward's and handed to autograd one by one.
+//
+// The sample (a few elements, bit for bit) catches a func whose recompute computes other
+// intermediate values than its forward while every state comes out the same (a sign
+// that changed under an abs, say): the state fingerprints alone would let that through,
+// and the gradient would silently differ. On the CPU the elements are read in place; on
+// other devices they are copied by one small asynchronous kernel and compared once per
+// recomputed segment.
 
 #include <c10/util/SmallVector.h>
 #include <torch/csrc/autograd/grad_mode.h>
 #include <torch/csrc/autograd/python_variable.h>
 
+#include <cstring>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -27,12 +36,59 @@ namespace {
 namespace py = pybind11;
 using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
 
+// The sample: the elements of `t` at multi-indices j * step_d (step_d = (size_d - 1) / 2,
+// j = 0, 1, 2): its first element, one near its middle and one near its end. They are
+// evenly spaced in its storage whatever its layout, `sample_stride` elements apart.
+constexpr int64_t kSampled = 3;
+
+int64_t sample_stride(const at::Tensor& t) {
+  int64_t stride = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    stride += (t.size(d) - 1) / (kSampled - 1) * t.stride(d);
+  }
+  return stride;
+}
+
+// The sample's bytes, read in place (CPU tensors).
+std::string sample_bytes(const at::Tensor& t) {
+  const int64_t stride = sample_stride(t);
+  const int64_t size = static_cast<int64_t>(t.element_size());
+  const char* first = static_cast<const char*>(t.const_data_ptr());
+  std::string bytes(kSampled * size, '\0');
+  for (int64_t j = 0; j < kSampled; ++j) {
+    std::memcpy(&bytes[j * size], first + j * stride * size, size);
+  }
+  return bytes;
+}
+
+struct Sample {
+  std::string bytes;  // CPU tensors
+  at::Tensor copy;    // tensors on other devices (a copy of the sample as bytes)
+};
+
+// Empty for an empty tensor or one without data (meta, sparse, nested...).
+Sample sample_of(const at::Tensor& t) {
+  Sample s;
+  if (t.numel() == 0 || t.layout() != at::kStrided || t.is_nested() || t.is_quantized() || !t.has_storage() ||
+      t.is_meta()) {
+    return s;
+  }
+  if (t.is_cpu()) {
+    s.bytes = sample_bytes(t);
+  } else {
+    const at::Tensor view = t.as_strided({kSampled}, {sample_stride(t)}, t.storage_offset());
+    s.copy = view.clone(at::MemoryFormat::Contiguous).view(at::kByte);
+  }
+  return s;
+}
+
 struct Meta {
   c10::SmallVector<int64_t, 5> sizes;
   at::ScalarType dtype;
   WeakImpl object;   // the saved tensor itself, and its version when saved: the same
   uint32_t version;  // object met again in the recompute must not have changed since
   std::optional<WeakImpl> outside;
+  Sample sample;
 };
 
 struct Segment {
@@ -86,7 +142,7 @@ class SavedLedger {
   int64_t pack(const at::Tensor& t) {
     Segment& s = segments_[current_];
     Meta m{c10::SmallVector<int64_t, 5>(t.sizes().begin(), t.sizes().end()), t.scalar_type(),
-           WeakImpl(t.getIntrusivePtr()), static_cast<uint32_t>(t._version()), std::nullopt};
+           WeakImpl(t.getIntrusivePtr()), static_cast<uint32_t>(t._version()), std::nullopt, sample_of(t)};
     const at::Tensor outside = outside_of(t);
     if (outside.defined()) {
       m.outside = WeakImpl(outside.getIntrusivePtr());
@@ -154,6 +210,7 @@ class SavedLedger {
           original.is_none() ? at::Tensor() : THPVariable_Unpack(original.ptr());
     }
     mismatch_.clear();
+    device_samples_.clear();
   }
 
   int64_t keep(const at::Tensor& t) {
@@ -183,6 +240,9 @@ class SavedLedger {
   std::string finish_record() {
     Segment& s = segments_.at(recording_);
     copies_.clear();
+    if (mismatch_.empty()) {
+      compare_device_samples();
+    }
     if (mismatch_.empty() && s.versions.size() != s.meta.size()) {
       mismatch_ = "func saved " + std::to_string(s.versions.size()) + " tensors for backward, against " +
                   std::to_string(s.meta.size()) + " in the forward";
@@ -292,7 +352,43 @@ class SavedLedger {
       mismatch_ = "saved tensor " + std::to_string(index) +
                   " is another tensor from outside the solve than in the forward (a requires_grad flag or a "
                   "parameter changed)";
+      return;
     }
+    const Sample now = sample_of(t);
+    if (!now.copy.defined()) {
+      if (now.bytes != m.sample.bytes) {
+        mismatch_ = values_differ(index);
+      }
+    } else if (m.sample.copy.defined()) {
+      device_samples_.emplace_back(index, m.sample.copy, now.copy);
+    }
+  }
+
+  static std::string values_differ(size_t index) {
+    return "saved tensor " + std::to_string(index) +
+           " holds other values than in the forward, though of the same shape and dtype";
+  }
+
+  // The samples of tensors on other devices than the CPU, compared at once: one
+  // synchronization per recomputed segment rather than one per tensor.
+  void compare_device_samples() {
+    if (device_samples_.empty()) {
+      return;
+    }
+    std::vector<at::Tensor> then, now;
+    for (const auto& [index, a, b] : device_samples_) {
+      then.push_back(a);
+      now.push_back(b);
+    }
+    if (!at::cat(then).equal(at::cat(now).to(then.front().device()))) {
+      for (const auto& [index, a, b] : device_samples_) {
+        if (!a.equal(b.to(a.device()))) {
+          mismatch_ = values_differ(index);
+          break;
+        }
+      }
+    }
+    device_samples_.clear();
   }
 
   py::object recompute_;
@@ -304,6 +400,7 @@ class SavedLedger {
   py::object restore_ = py::none();
   std::unordered_map<c10::TensorImpl*, at::Tensor> copies_;
   std::string mismatch_;
+  std::vector<std::tuple<size_t, at::Tensor, at::Tensor>> device_samples_;
   std::unordered_map<c10::TensorImpl*, std::pair<WeakImpl, uint32_t>> outside_versions_;
   std::unordered_map<c10::TensorImpl*, WeakImpl> known_;
 };
