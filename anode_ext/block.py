@@ -27,7 +27,8 @@ def format_time(value: float | Tensor) -> str:
 class FixedStepBlock(nn.Module):
     """What ODEBlock and CoupledODEBlock share: func, the times, steps, tableau and mode.
 
-    ``grad`` may be reassigned, as a mode or its name, and is checked when it is."""
+    ``steps``, ``method`` (a name or Tableau; read back as the Tableau, also ``tableau``)
+    and ``grad`` (a mode or its name) may be reassigned, and are checked when they are."""
 
     def __init__(self, func: Callable, t0: float | Tensor, t1: float | Tensor, steps: int,
                  method: str | Tableau, grad: str | GradMode) -> None:
@@ -38,6 +39,24 @@ class FixedStepBlock(nn.Module):
         self.steps = check_steps(steps)
         self.tableau = get_tableau(method)
         self.grad = grad
+
+    @property
+    def steps(self) -> int:
+        """The number of steps, Nt >= 1."""
+        return self._steps
+
+    @steps.setter
+    def steps(self, value: int) -> None:
+        self._steps = check_steps(value)
+
+    @property
+    def method(self) -> Tableau:
+        """The Runge–Kutta tableau the block steps with (set it by name or Tableau)."""
+        return self.tableau
+
+    @method.setter
+    def method(self, value: str | Tableau) -> None:
+        self.tableau = get_tableau(value)
 
     @property
     def grad(self) -> GradMode:

@@ -22,7 +22,7 @@ from torch.func import functional_call
 from .block import FixedStepBlock
 from .modes import GradMode
 from .odeint import fixed_step_problem, odeint
-from .rda import RDA
+from .rda import MAX_STAGES, RDA, _reaction_code
 from .solver import State, Supplied
 from .tableau import Tableau
 
@@ -55,7 +55,10 @@ class _JointDynamics:
 
     def __call__(self, t: float, state: State) -> tuple[Tensor, ...]:
         z, thetas = state[0], state[1:]
-        return (self.f(t, z, thetas), *self.block.q(t, thetas))
+        dthetas = self.block.q(t, thetas)
+        if isinstance(dthetas, Tensor):
+            raise TypeError("q(t, thetas) must return a tuple or list with one tensor per evolving weight, got a tensor")
+        return (self.f(t, z, thetas), *dthetas)
 
 
 class _FusedWeights:
@@ -111,12 +114,18 @@ class CoupledODEBlock(FixedStepBlock):
             raise TypeError(f"func must be an nn.Module (its weights evolve), got {type(func).__name__}")
         super().__init__(func, t0, t1, steps, method, grad)
         params = dict(func.named_parameters())
+        if isinstance(weights, str):
+            raise TypeError(f"weights must be a list of parameter names, got the string {weights!r}: write [{weights!r}]")
         self.weight_names = list(evolving_weights(func) if weights is None else weights)
+        repeated = sorted({name for name in self.weight_names if self.weight_names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"weights names {repeated} more than once; each weight evolves once")
         missing = [name for name in self.weight_names if name not in params]
         if missing:
             raise ValueError(
                 f"weights {missing} are not parameters of func; its parameters are {sorted(params)}"
             )
+        _reaction_code(reaction)
         if q == "rda":
             q = RDA([params[name].shape for name in self.weight_names], reaction=reaction)
         elif q != "none" and not isinstance(q, nn.Module):
@@ -135,8 +144,9 @@ class CoupledODEBlock(FixedStepBlock):
         thetas = tuple(params[name] for name in self.weight_names)
         joint = _JointDynamics(self)
         problem = fixed_step_problem(joint, self.t0, self.t1, self.steps, self.tableau)
-        # The fused kernel takes a float step size; learnable times step the weights by q.
-        if isinstance(self.q, RDA) and not isinstance(problem.h, Tensor):
+        # The fused kernel takes a float step size and at most MAX_STAGES stages; otherwise
+        # the weights are stepped through q like the state.
+        if isinstance(self.q, RDA) and not isinstance(problem.h, Tensor) and self.tableau.stages <= MAX_STAGES:
             problem.supply = _FusedWeights(joint)
         (z, *_) = self.grad.solve(problem, (x, *thetas), self)
         return z

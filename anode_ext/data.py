@@ -85,7 +85,12 @@ def load_digits_dataset() -> Dataset:
     Raises:
         ModuleNotFoundError: scikit-learn is not installed.
     """
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            'the digits data set comes with scikit-learn: pip install "anode_ext[train]" (or scikit-learn)'
+        ) from None
 
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0

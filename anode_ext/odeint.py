@@ -78,9 +78,9 @@ def odeint(
     Runge–Kutta method; return y(t1), of y0's shape.
 
     Args:
-        func: ``func(t, y)`` returns dy/dt, a tensor of y's shape (under autocast a lower
-            precision is cast back to y's dtype). t is a Python float, or a 0-d tensor when
-            t0 or t1 is a tensor that requires grad.
+        func: ``func(t, y)`` returns dy/dt, a floating tensor of y's shape (one of another
+            floating dtype, such as a lower precision under autocast, is cast to y's). t is a
+            Python float, or a 0-d tensor when t0 or t1 is a tensor that requires grad.
         y0: the initial state, a dense floating tensor of any shape.
         t0, t1: the integration times (t1 < t0 integrates backwards); floats, or 0-d
             tensors: with requires_grad the gradient with respect to them is the exact one

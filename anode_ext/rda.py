@@ -35,6 +35,9 @@ _ops = torch.ops.anode_ext
 MAX_TAPS = 49
 """Taps per filter the fused kernels take (csrc/rda.h, kRdaMaxTaps): up to 7x7."""
 
+MAX_STAGES = 8
+"""Stages of a tableau the fused step takes (csrc/rda.h, kRdaMaxStages)."""
+
 
 def _reaction_code(reaction: str) -> int:
     if reaction not in REACTIONS:
@@ -139,7 +142,7 @@ class RDA(nn.Module):
         diffusion: the initial d of every channel.
 
     Raises:
-        ValueError: an unknown reaction, or a shape of other than 2, 3 or 4 dimensions.
+        ValueError: an unknown reaction, a shape of other than 2, 3 or 4 dimensions,
             or a filter of more than 49 taps.
     """
 

@@ -6,7 +6,7 @@ from odefuncs import ConvBNFunc
 from testing import relative_error
 from torch import nn
 
-from anode_ext import RDA, TABLEAUX, CoupledODEBlock, ODEBlock, evolving_weights
+from anode_ext import RDA, TABLEAUX, CoupledODEBlock, ODEBlock, Tableau, evolving_weights
 from anode_ext.bench.memory import count_saved_bytes
 from anode_ext.modes import grad_mode_named
 
@@ -153,6 +153,12 @@ def test_errors():
         CoupledODEBlock(ConvBNFunc(3), weights=["net.1.weight"])
     with pytest.raises(ValueError, match="unknown reaction"):
         CoupledODEBlock(ConvBNFunc(3), reaction="sigmoid")
+    with pytest.raises(ValueError, match="unknown reaction 'sigmoid'"):
+        CoupledODEBlock(ConvBNFunc(3), q="none", reaction="sigmoid")
+    with pytest.raises(TypeError, match=r"weights must be a list of parameter names, got the string 'net.0.weight'"):
+        CoupledODEBlock(ConvBNFunc(3), weights="net.0.weight")
+    with pytest.raises(ValueError, match=r"weights names \['net.0.weight'\] more than once"):
+        CoupledODEBlock(ConvBNFunc(3), weights=["net.0.weight", "net.0.weight"])
     block = make_block()
     with torch.no_grad():
         block.q.coefficients[0][1, 0] = float("nan")
@@ -180,3 +186,14 @@ def test_tied_weights_evolve_once():
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     block(x).sum().backward()
     assert x.grad is not None
+
+
+@pytest.mark.parametrize("grad", ["anode", "revolve"])
+def test_tableau_of_more_stages_than_the_fused_step_takes(grad):
+    # Ten stages: the weights are then stepped through q (rda_rhs) like the state.
+    n = 10
+    tableau = Tableau([[1.0 / (i + 1)] * i for i in range(n)], [1.0 / n] * n)
+    expected, got = (gradients(make_block(grad=g, method=tableau, steps=2), input_for()) for g in ("direct", grad))
+    for a, b in zip(got[1], expected[1]):
+        assert b.abs().max() > 0
+        assert relative_error(a, b) < 1e-10

@@ -348,3 +348,15 @@ def test_schedule_of_a_hundred_thousand_steps():
     assert len(plan.kept) == 17 and plan.kept == tuple(sorted(set(plan.kept)))
     first = next(iter(plan.actions()))
     assert first.kind == "advance" and first.start == plan.kept[-1]
+
+
+def test_adjoint_refuses_named_tensors_computed_from_one_another():
+    torch.manual_seed(0)
+    embed, lin = nn.Linear(2, 4).double(), nn.Linear(4, 4).double()
+    s = embed(torch.randn(3, 2, dtype=torch.float64))
+    x0 = torch.randn(3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="names a tensor computed from another tensor it also names"):
+        odeint(lambda t, y: torch.tanh(lin(y) + s), x0, steps=2, grad=Adjoint(params=[s, *embed.parameters()]))
+    out = odeint(lambda t, y: torch.tanh(lin(y) + s), x0, steps=2, grad=Adjoint(params=[s]))
+    out.sum().backward()
+    assert embed.weight.grad.abs().max() > 0

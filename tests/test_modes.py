@@ -7,7 +7,7 @@ import pytest
 import torch
 from odefuncs import make_func
 
-from anode_ext import GRAD_MODES, Adjoint, Anode, Direct, ODEBlock, Revolve, models, odeint
+from anode_ext import GRAD_MODES, Adjoint, Anode, Direct, GradMode, ODEBlock, Revolve, models, odeint
 from anode_ext.modes import as_grad_mode, grad_mode_named
 
 
@@ -70,3 +70,29 @@ def test_one_mode_object_shared_by_every_block_of_a_model():
     model = models.create("resnet", width=0.0625, steps=2, method="euler", grad=mode)
     blocks = [m for m in model.modules() if isinstance(m, ODEBlock)]
     assert len(blocks) == 4 and all(b.grad is mode for b in blocks)
+
+
+def test_mistakes_in_naming_a_mode_are_explained():
+    w = torch.zeros(2, requires_grad=True)
+    with pytest.raises(TypeError, match=r"Adjoint params must be a list or tuple of tensors, got Tensor: write params=\[t\]"):
+        Adjoint(params=w)
+    with pytest.raises(TypeError, match="Adjoint params must be a list or tuple of tensors, got NoneType"):
+        Adjoint(params=None)
+    with pytest.raises(ValueError, match=r"grad=GradMode\(\) is an abstract base"):
+        as_grad_mode(GradMode())
+    with pytest.raises(ValueError, match="options checkpoints go with a mode's name, not with the mode Revolve()"):
+        grad_mode_named(Revolve(), checkpoints=2)
+    with pytest.raises(ValueError, match="grad='revolve' takes no option foo; it takes checkpoints, memory_budget"):
+        grad_mode_named("revolve", foo=1)
+    with pytest.raises(TypeError, match="Adjoint params must hold tensors, got int"):
+        grad_mode_named("adjoint", params=[1])
+
+
+def test_block_options_are_checked_when_reassigned():
+    block = ODEBlock(lambda t, y: -y)
+    block.method, block.steps = "euler", 4
+    assert block.tableau.name == "euler" and block.method is block.tableau and "steps=4, method=euler" in repr(block)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
+        block.steps = 0
+    with pytest.raises(ValueError, match="unknown method 'rk45'"):
+        block.method = "rk45"

@@ -16,6 +16,7 @@ and ``q`` their dynamics (``"rda"``; ``reaction`` ``"tanh"`` or ``"relu"``).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -79,9 +80,9 @@ def create(
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(available())}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+    if isinstance(in_channels, bool) or not isinstance(in_channels, numbers.Integral) or in_channels < 1:
         raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
     if not isinstance(width, (int, float)) or not width > 0:
         raise ValueError(f"width must be a positive number, got {width!r}")
@@ -89,7 +90,7 @@ def create(
     config = BlockConfig(ode=ode, t0=t0, t1=t1, steps=steps, method=method, grad=grad,
                          coupled=coupled, q=q, reaction=reaction)
     try:
-        return factory(config, num_classes=num_classes, in_channels=in_channels, width=width, **family_options)
+        return factory(config, num_classes=int(num_classes), in_channels=int(in_channels), width=width, **family_options)
     except TypeError as error:
         raise TypeError(f"model {name!r}: {error}") from error
 

@@ -42,6 +42,10 @@ class BlockConfig:
         self.grad = as_grad_mode(self.grad)
         check_time(self.t0, "t0")
         check_time(self.t1, "t1")
+        if not isinstance(self.coupled, (str, list)):
+            raise ValueError(
+                f"coupled must be one of {', '.join(COUPLED_CHOICES)} or a list of stage numbers, got {self.coupled!r}"
+            )
         if isinstance(self.coupled, str):
             if self.coupled not in COUPLED_CHOICES:
                 raise ValueError(

@@ -64,6 +64,31 @@ def _leaves(outputs: Sequence[Tensor], own: Sequence[Tensor], named: Sequence[Te
     return list(found.values())
 
 
+def _check_named_independent(named: Sequence[Tensor]) -> None:
+    """A ValueError when one tensor of `named` is computed from another: the adjoint
+    integrates a gradient for each as if independent, and autograd would then carry the
+    first's on into the second a second time."""
+    leaves = {id(t) for t in named if t.grad_fn is None}
+    held = [t.grad_fn for t in named if t.grad_fn is not None]  # their ids stay theirs
+    nodes = {id(node) for node in held}
+    for root in held:
+        stack = [n for n, _ in root.next_functions if n is not None]
+        seen: dict[int, object] = {}
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen[id(node)] = node
+            variable = getattr(node, "variable", None)
+            if id(node) in nodes or (isinstance(variable, Tensor) and id(variable) in leaves):
+                raise ValueError(
+                    "Adjoint(params=...) names a tensor computed from another tensor it also names (its grad_fn is "
+                    f"{root.name()}); name only the tensor func uses: its gradient reaches the tensors it is computed "
+                    "from through autograd"
+                )
+            stack.extend(n for n, _ in node.next_functions if n is not None)
+
+
 def _record_dependencies(problem: Problem, state: State, named: Sequence[Tensor]) -> tuple[State, list[Tensor]]:
     """Solve once with autograd recording and read off the graph the
     leaf tensors requiring grad that func used, at any step. Returns the outputs and
@@ -73,6 +98,7 @@ def _record_dependencies(problem: Problem, state: State, named: Sequence[Tensor]
     code can name: a tensor computed outside the solve that requires grad (not a leaf)
     is reachable only as a graph node, and is refused unless it is in `named`.
     """
+    _check_named_independent(named)
     start = sequence_mark()
     # A plain recorded forward: func may differentiate inside itself. The graph (and what
     # it saves) goes when this function returns.

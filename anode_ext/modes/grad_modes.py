@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -136,7 +136,8 @@ class Revolve(Recompute):
 
     Raises:
         ValueError: for a checkpoint count or budget that is not a non-negative integer
-            (checkpoints >= 1), or for both options at once.
+            (checkpoints >= 1), or for both options at once; and from the first solve
+            that records a graph, for a memory_budget that holds no state of that solve.
     """
 
     name: ClassVar[str] = "revolve"
@@ -184,6 +185,11 @@ class Adjoint(GradMode):
     params: tuple[Tensor, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.params, Tensor) or not isinstance(self.params, Iterable):
+            raise TypeError(
+                f"Adjoint params must be a list or tuple of tensors, got {type(self.params).__name__}"
+                + (": write params=[t]" if isinstance(self.params, Tensor) else "")
+            )
         params = tuple(self.params)
         for t in params:
             if not isinstance(t, Tensor):
@@ -221,6 +227,8 @@ def as_grad_mode(grad: object) -> GradMode:
         ValueError: for anything else, listing the modes.
     """
     if isinstance(grad, GradMode):
+        if type(grad) in (GradMode, Recompute):
+            raise ValueError(f"grad={type(grad).__name__}() is an abstract base; pass a mode such as Anode() or Revolve()")
         return grad
     if isinstance(grad, type) and issubclass(grad, GradMode):
         raise ValueError(f"grad={grad.__name__} is a class; pass an instance, e.g. grad={grad.__name__}()")
@@ -239,14 +247,15 @@ def grad_mode_named(name: str, **options: object) -> GradMode:
     Raises:
         ValueError: for an unknown name, or an option the mode does not take.
     """
-    if not isinstance(name, str) or name not in GRAD_MODES:
-        return as_grad_mode(name)
     given = {key: value for key, value in options.items() if value is not None}
+    if not isinstance(name, str) or name not in GRAD_MODES:
+        mode = as_grad_mode(name)
+        if given:
+            raise ValueError(f"options {', '.join(sorted(given))} go with a mode's name, not with the mode {mode!r}")
+        return mode
     mode = GRAD_MODES[name]
-    try:
-        return mode(**given)
-    except TypeError:
-        raise ValueError(
-            f"grad={name!r} takes no option {', '.join(sorted(given))}; "
-            f"checkpoints and memory_budget apply to revolve only"
-        ) from None
+    unknown = sorted(set(given) - {f.name for f in fields(mode)})
+    if unknown:
+        takes = ", ".join(f.name for f in fields(mode)) or "no options"
+        raise ValueError(f"grad={name!r} takes no option {', '.join(unknown)}; it takes {takes}")
+    return mode(**given)

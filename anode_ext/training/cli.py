@@ -67,7 +67,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", type=_positive_int, default=None,
                    help="--grad revolve: states kept per block besides its input (default: ceil(log2 steps))")
     p.add_argument("--memory-budget", type=_non_negative_int, default=None, metavar="BYTES",
-                   help="--grad revolve: bytes each block's kept states may take (instead of --checkpoints)")
+                   help="--grad revolve: bytes each block's kept states may take (instead of --checkpoints); "
+                   "a budget that holds no state of a block stops the run at its first step")
     p.add_argument("--coupled", type=_coupled, default=defaults.coupled,
                    help="ANODEv2: which ODE blocks evolve their weights: none, all, first, last or stages like 2,3")
     p.add_argument("--q", default=defaults.q, choices=["rda"], help="weight dynamics of coupled blocks")
@@ -182,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             outcome = trainer.run()
         except NonFiniteError as error:
+            raise SystemExit(f"anode-train: {error}") from None
+        except ValueError as error:  # an option that only the first solve can check (--memory-budget)
             raise SystemExit(f"anode-train: {error}") from None
         if topo.main:
             if outcome == "stopped":
