@@ -493,3 +493,72 @@ def test_torch_func_inside_func_is_explained(grad):
     func = lambda t, y: torch.func.grad(lambda v: lin(v).sum())(y)  # noqa: E731
     with pytest.raises(RuntimeError, match="saved-tensor hooks, which func cannot run under .*grad='direct'"):
         odeint(func, torch.randn(3, requires_grad=True), steps=2, grad=grad)
+
+
+class _PartlyWrittenWorkspace(torch.autograd.Function):
+    """Doubles x and saves a workspace it writes only in part, as oneDNN's LSTM, rrelu
+    and ctc_loss do: its other bytes differ between identical calls."""
+
+    @staticmethod
+    def forward(ctx, x):
+        workspace = torch.empty(1000, dtype=x.dtype)
+        workspace[: x.numel()] = x.detach().reshape(-1)
+        ctx.save_for_backward(workspace)
+        ctx.shape = x.shape
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        (workspace,) = ctx.saved_tensors
+        return grad * 2 + 0 * workspace[: grad.numel()].reshape(ctx.shape)
+
+
+@pytest.mark.parametrize("mode, c", MODES, ids=IDS)
+def test_saved_workspaces_with_unwritten_bytes_are_accepted(mode, c):
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    expected = torch.autograd.grad(odeint(lambda t, y: torch.tanh(_PartlyWrittenWorkspace.apply(y)), x, steps=2,
+                                          grad="direct").sum(), x)[0]
+    for fill in range(5):
+        junk = torch.full((1000,), float(fill), dtype=torch.float64)  # other bytes where the workspace goes
+        del junk
+        out = odeint(lambda t, y: torch.tanh(_PartlyWrittenWorkspace.apply(y)), x, steps=2,
+                     grad=grad_mode_named(mode, checkpoints=c))
+        torch.testing.assert_close(torch.autograd.grad(out.sum(), x)[0], expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode, c", MODES, ids=IDS)
+def test_backend_switches_set_around_the_forward_alone_are_replayed(mode, c):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 24).double()
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+
+    def attention(t, y):
+        q, k, v = lin(y).view(2, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(2, 5, 8)
+
+    grads = {}
+    for name, grad in (("direct", "direct"), ("mode", grad_mode_named(mode, checkpoints=c))):
+        with sdpa_kernel(SDPBackend.MATH), torch.backends.mkldnn.flags(enabled=False):
+            out = odeint(attention, x, steps=2, method="midpoint", grad=grad)
+        grads[name] = torch.autograd.grad(out.sum(), [x, lin.weight])
+    assert torch.backends.cuda.flash_sdp_enabled() and torch._C._get_mkldnn_enabled()  # the caller's, back
+    for a, b in zip(grads["mode"], grads["direct"]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("mode, c", MODES, ids=IDS)
+def test_nested_tensors_inside_func(mode, c):
+    w = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+
+    def func(t, y):
+        nested = torch.nested.as_nested_tensor([y[:2], y[2:]])
+        scaled = nested * torch.nested.as_nested_tensor([w.expand(2, 4), w.expand(3, 4)])
+        return torch.tanh(torch.cat(scaled.unbind(), 0))
+
+    expected = torch.autograd.grad(odeint(func, x, steps=2, grad="direct").sum(), [x, w])
+    got = torch.autograd.grad(odeint(func, x, steps=2, grad=grad_mode_named(mode, checkpoints=c)).sum(), [x, w])
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)

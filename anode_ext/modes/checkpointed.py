@@ -67,7 +67,8 @@ NOT_REPEATED_MESSAGE = (
     "by torch.func.functional_call around the solve, random numbers from other generators than "
     "torch's default ones (or drawn by another thread at the same time), a lazy module's first call, "
     "a TorchScript or torch.compile'd module whose first calls profile or compile it, a cache such as "
-    "torch.nn.utils.parametrize.cached(). "
+    "torch.nn.utils.parametrize.cached(), running statistics that no module holds but func updates in place "
+    "(F.batch_norm on tensors of its own). "
     "Use grad='direct' for such a func"
 )
 

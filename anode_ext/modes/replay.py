@@ -62,8 +62,47 @@ def cuda_rng_devices(tensors: Iterable[Tensor]) -> list[int]:
     return sorted(devices)
 
 
+class BackendFlags:
+    """The process-wide switches that choose kernels (oneDNN, cuDNN, the attention
+    backends, TF32, deterministic algorithms), which a context around the forward alone
+    (``sdpa_kernel``, ``torch.backends.mkldnn.flags``) sets differently for a backward
+    outside it. Captured now; `apply` sets them and `restore` puts back the caller's."""
+
+    _SDP = ("flash", "mem_efficient", "math", "cudnn")
+
+    def __init__(self) -> None:
+        cuda = torch.backends.cuda
+        self.mkldnn = torch._C._get_mkldnn_enabled()
+        self.cudnn = (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark,
+                      torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32)
+        self.sdp = tuple(getattr(cuda, f"{name}_sdp_enabled")() for name in self._SDP)
+        self.matmul_tf32 = cuda.matmul.allow_tf32
+        self.deterministic = (torch.are_deterministic_algorithms_enabled(),
+                              torch.is_deterministic_algorithms_warn_only_enabled())
+
+    def apply(self) -> None:
+        cuda = torch.backends.cuda
+        torch._C._set_mkldnn_enabled(self.mkldnn)
+        cudnn = torch.backends.cudnn
+        cudnn.enabled, cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = self.cudnn
+        for name, enabled in zip(self._SDP, self.sdp):
+            getattr(cuda, f"enable_{name}_sdp")(enabled)
+        cuda.matmul.allow_tf32 = self.matmul_tf32
+        torch.use_deterministic_algorithms(self.deterministic[0], warn_only=self.deterministic[1])
+
+    @contextlib.contextmanager
+    def replayed(self) -> Iterator[None]:
+        """Run the body with these switches, then put back the caller's."""
+        caller = BackendFlags()
+        self.apply()
+        try:
+            yield
+        finally:
+            caller.apply()
+
+
 class ForwardState:
-    """RNG and autocast state captured when a forward pass starts, replayable later."""
+    """RNG, autocast and backend state captured when a forward pass starts, replayable later."""
 
     def __init__(self, tensors: Iterable[Tensor]) -> None:
         self.cuda_devices = cuda_rng_devices(tensors)
@@ -74,6 +113,7 @@ class ForwardState:
             if kind == "cpu" or torch.cuda.is_available()
         ]
         self.autocast_cache = torch.is_autocast_cache_enabled()
+        self.backends = BackendFlags()
         self.draws = True
 
     def forward_done(self) -> None:
@@ -103,9 +143,11 @@ class ForwardState:
         """Run the body under the autocast state of the forward.
 
         Only recomputed forward work goes in here: backward formulas must run outside
-        autocast, as they do in a plain backward.
+        autocast, as they do in a plain backward. The backend switches of the forward
+        (BackendFlags) are replayed too.
         """
         with contextlib.ExitStack() as stack:
+            stack.enter_context(self.backends.replayed())
             for kind, enabled, dtype in self.autocast_state:
                 stack.enter_context(
                     torch.autocast(kind, dtype=dtype, enabled=enabled, cache_enabled=self.autocast_cache)

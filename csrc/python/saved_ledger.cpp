@@ -12,9 +12,13 @@
 // The sample (a few elements, bit for bit) catches a func whose recompute computes other
 // intermediate values than its forward while every state comes out the same (a sign
 // that changed under an abs, say): the state fingerprints alone would let that through,
-// and the gradient would silently differ. On the CPU the elements are read in place; on
-// other devices they are copied by one small asynchronous kernel and compared once per
-// recomputed segment.
+// and the gradient would silently differ. Only saved tensors that require grad are
+// sampled: the others include workspaces that ops save partly unwritten (oneDNN's LSTM,
+// rrelu's noise, ctc_loss's log_alpha), whose bytes differ between identical calls. On
+// the CPU the elements are read in place; on other devices they are copied by one small
+// asynchronous kernel and compared once per recomputed segment. Tensors without plain
+// strided data (nested tensors, tensor subclasses, functorch wrappers) have neither their
+// shape checked nor a sample taken.
 
 #include <c10/util/SmallVector.h>
 #include <torch/csrc/autograd/grad_mode.h>
@@ -66,11 +70,19 @@ struct Sample {
   at::Tensor copy;    // tensors on other devices (a copy of the sample as bytes)
 };
 
-// Empty for an empty tensor or one without data (meta, sparse, nested...).
+// Whether `t` is a plain strided tensor whose shape and data this ledger may read.
+bool plain(const at::Tensor& t) {
+  static const c10::DispatchKeySet wrapped({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot,
+                                            c10::DispatchKey::FuncTorchBatched, c10::DispatchKey::FuncTorchGradWrapper,
+                                            c10::DispatchKey::Functionalize});
+  return !t.is_nested() && !t.key_set().has_any(wrapped) && t.layout() == at::kStrided && !t.is_quantized() &&
+         t.has_storage() && !t.is_meta();
+}
+
+// Empty for a tensor that does not require grad, is empty or has no plain data.
 Sample sample_of(const at::Tensor& t) {
   Sample s;
-  if (t.numel() == 0 || t.layout() != at::kStrided || t.is_nested() || t.is_quantized() || !t.has_storage() ||
-      t.is_meta()) {
+  if (!t.requires_grad() || !plain(t) || t.numel() == 0 || t.const_data_ptr() == nullptr) {
     return s;
   }
   if (t.is_cpu()) {
@@ -83,7 +95,7 @@ Sample sample_of(const at::Tensor& t) {
 }
 
 struct Meta {
-  c10::SmallVector<int64_t, 5> sizes;
+  std::optional<c10::SmallVector<int64_t, 5>> sizes;  // none when not plain
   at::ScalarType dtype;
   WeakImpl object;   // the saved tensor itself, and its version when saved: the same
   uint32_t version;  // object met again in the recompute must not have changed since
@@ -141,8 +153,12 @@ class SavedLedger {
 
   int64_t pack(const at::Tensor& t) {
     Segment& s = segments_[current_];
-    Meta m{c10::SmallVector<int64_t, 5>(t.sizes().begin(), t.sizes().end()), t.scalar_type(),
-           WeakImpl(t.getIntrusivePtr()), static_cast<uint32_t>(t._version()), std::nullopt, sample_of(t)};
+    std::optional<c10::SmallVector<int64_t, 5>> sizes;
+    if (plain(t)) {
+      sizes.emplace(t.sizes().begin(), t.sizes().end());
+    }
+    Meta m{std::move(sizes), t.scalar_type(), WeakImpl(t.getIntrusivePtr()), static_cast<uint32_t>(t._version()),
+           std::nullopt, sample_of(t)};
     const at::Tensor outside = outside_of(t);
     if (outside.defined()) {
       m.outside = WeakImpl(outside.getIntrusivePtr());
@@ -327,10 +343,19 @@ class SavedLedger {
                   " comes from outside the solve and was modified in place since the forward saved it";
       return;
     }
-    if (!t.sizes().equals(m.sizes) || t.scalar_type() != m.dtype) {
+    const bool plain_now = plain(t);
+    if (plain_now != m.sizes.has_value() || t.scalar_type() != m.dtype ||
+        (plain_now && !t.sizes().equals(*m.sizes))) {
       std::ostringstream out;
-      out << "saved tensor " << index << " has shape " << t.sizes() << " and dtype " << t.scalar_type()
-          << ", against " << at::IntArrayRef(m.sizes) << " and " << m.dtype << " in the forward";
+      out << "saved tensor " << index << " has ";
+      if (plain_now) {
+        out << "shape " << t.sizes() << " and ";
+      }
+      out << "dtype " << t.scalar_type() << ", against ";
+      if (m.sizes.has_value()) {
+        out << at::IntArrayRef(*m.sizes) << " and ";
+      }
+      out << m.dtype << " in the forward";
       mismatch_ = out.str();
       return;
     }
