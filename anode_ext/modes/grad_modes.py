@@ -64,7 +64,7 @@ class GradMode:
         return self._solve(problem, state, owner)
 
     def _solve(self, problem: Problem, state: State, owner: Callable) -> State:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} is a GradMode without a _solve of its own")
 
     def __repr__(self) -> str:
         given = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
@@ -94,7 +94,7 @@ class Recompute(GradMode):
 
     def checkpoints_for(self, problem: Problem, state: State) -> int | None:
         """States kept inside the solve besides its input; None keeps only the input."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} is a Recompute mode without a checkpoints_for of its own")
 
     def _solve(self, problem: Problem, state: State, owner: Callable) -> State:
         return _solve_recompute(problem, state, self.checkpoints_for(problem, state), owner)
