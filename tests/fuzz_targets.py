@@ -329,7 +329,8 @@ TRAIN_VOCABULARY = {
     "--model": ["sqnxt", "resnet", "vgg", ""], "--width": ["0.0625", "0", "-1", "x"], "--method": ["euler", "bogus"],
     "--steps": ["1", "0", "x"], "--grad": ["anode", "bogus"], "--checkpoints": ["1", "0"], "--memory-budget": ["1000000", "-1", "0"],
     "--coupled": ["none", "all", "1,2", "x", "9"], "--epochs": ["1", "0", "x"], "--batch-size": ["8", "0"],
-    "--lr": ["0.1", "-1", "nan", "x"], "--skip-nonfinite": ["0", "2", "-1"], "--dataset": ["synthetic", "mnist"],
+    "--lr": ["0.1", "-1", "nan", "inf", "x"], "--momentum": ["0.9", "nan", "-1"], "--skip-nonfinite": ["0", "2", "-1"],
+    "--dataset": ["synthetic", "mnist"],
     "--seed": ["0", "x"], "--device": ["cpu", "tpu"], "--bogus-flag": ["1"],
 }
 

@@ -145,6 +145,11 @@ def test_bad_arguments_fail_before_training(tmp_path):
     assert code != 0 and "unknown model 'vgg'; expected one of resnet, resnet_baseline, sqnxt, sqnxt_baseline" in output
     code, output = run_cli(*TINY_ARGS, "--steps", "0", "--out", out)
     assert code == 2 and "expected an integer >= 1, got 0" in output
+    for flag, value, message in (("--lr", "inf", "expected a finite number > 0, got inf"),
+                                 ("--momentum", "nan", "expected a finite number >= 0, got nan"),
+                                 ("--weight-decay", "-1", "expected a finite number >= 0, got -1.0")):
+        code, output = run_cli(*TINY_ARGS, flag, value, "--out", out)
+        assert code == 2 and message in output, output
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     code, output = run_cli(*TINY_ARGS, "--out", str(blocker / "run"))

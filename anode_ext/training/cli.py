@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -39,11 +40,23 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return value
+def _float_at_least(minimum: float, strictly: bool):
+    bound = f"{'>' if strictly else '>='} {minimum:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (strictly and value == minimum):
+            raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_float = _float_at_least(0.0, strictly=True)
+_non_negative_float = _float_at_least(0.0, strictly=False)
 
 
 def _coupled(text: str) -> str:
@@ -80,8 +93,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="per process (default: %(default)s)")
     p.add_argument("--lr", type=_positive_float, default=defaults.lr,
                    help="initial learning rate; divided by 10 at half the epochs and by 100 at three quarters (default: %(default)s)")
-    p.add_argument("--momentum", type=float, default=defaults.momentum)
-    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    p.add_argument("--momentum", type=_non_negative_float, default=defaults.momentum)
+    p.add_argument("--weight-decay", type=_non_negative_float, default=defaults.weight_decay)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--out", default=defaults.out, help="output folder: metrics.jsonl, curves.png, checkpoint.pt (default: %(default)s)")
     p.add_argument("--resume", default=None, help="a checkpoint.pt to continue from")
