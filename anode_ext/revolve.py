@@ -66,6 +66,10 @@ def _repetitions(steps: int, snaps: int) -> int:
 def _check(steps: int, checkpoints: int) -> None:
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    _check_checkpoints(checkpoints)
+
+
+def _check_checkpoints(checkpoints: int) -> None:
     if isinstance(checkpoints, bool) or not isinstance(checkpoints, numbers.Integral) or checkpoints < 1:
         raise ValueError(f"checkpoints must be an integer >= 1, got {checkpoints!r}")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import ClassVar
@@ -17,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..revolve import _check_budget, checkpoints_for_budget
+from ..revolve import _check_budget, _check_checkpoints, checkpoints_for_budget
 from ..solver import Problem, State
 from .adjoint import solve_adjoint
 from .checkpointed import solve_checkpointed
@@ -148,9 +147,7 @@ class Revolve(Recompute):
         if self.checkpoints is not None and self.memory_budget is not None:
             raise ValueError("give Revolve checkpoints= or memory_budget=, not both")
         if self.checkpoints is not None:
-            if isinstance(self.checkpoints, bool) or not isinstance(self.checkpoints, numbers.Integral) \
-                    or self.checkpoints < 1:
-                raise ValueError(f"checkpoints must be an integer >= 1, got {self.checkpoints!r}")
+            _check_checkpoints(self.checkpoints)
             object.__setattr__(self, "checkpoints", int(self.checkpoints))
         if self.memory_budget is not None:
             _check_budget(self.memory_budget)
