@@ -5,7 +5,8 @@ from ._library import build_info
 from ._version import __version__
 from .block import ODEBlock
 from .coupled import CoupledODEBlock, evolving_weights
-from .modes import GRAD_MODES, Adjoint, Anode, Direct, GradMode, Revolve
+from .modes import GRAD_MODES, Adjoint, Anode, Direct, GradMode, ReversibleGrad, Revolve
+from .reversible import Reversible
 from .odeint import odeint
 from .ops import rk_combine
 from .rda import RDA, rda_rhs, rda_rk_step
@@ -20,6 +21,8 @@ __all__ = [
     "GradMode",
     "ODEBlock",
     "RDA",
+    "Reversible",
+    "ReversibleGrad",
     "Revolve",
     "TABLEAUX",
     "Tableau",

@@ -8,7 +8,8 @@ from torch import Tensor, nn
 
 from .modes import GradMode, as_grad_mode
 from .odeint import check_steps, check_time, odeint
-from .tableau import Tableau, get_tableau
+from .reversible import Method, Reversible, as_method, base_tableau
+from .tableau import Tableau
 
 __all__ = ["FixedStepBlock", "ODEBlock"]
 
@@ -25,19 +26,20 @@ def format_time(value: float | Tensor) -> str:
 
 
 class FixedStepBlock(nn.Module):
-    """What ODEBlock and CoupledODEBlock share: func, the times, steps, tableau and mode.
+    """What ODEBlock and CoupledODEBlock share: func, the times, steps, method and mode.
 
-    ``steps``, ``method`` (a name or Tableau; read back as the Tableau, also ``tableau``)
-    and ``grad`` (a mode or its name) may be reassigned, and are checked when they are."""
+    ``steps``, ``method`` (a name, Tableau or Reversible; read back as the Tableau or
+    Reversible) and ``grad`` (a mode or its name) may be reassigned, and are checked when
+    they are. ``tableau`` is the tableau of the method's steps (a reversible method's base)."""
 
     def __init__(self, func: Callable, t0: float | Tensor, t1: float | Tensor, steps: int,
-                 method: str | Tableau, grad: str | GradMode) -> None:
+                 method: str | Tableau | Reversible, grad: str | GradMode) -> None:
         super().__init__()
         self.func = func
         self.t0 = block_time(t0, "t0")
         self.t1 = block_time(t1, "t1")
         self.steps = check_steps(steps)
-        self.tableau = get_tableau(method)
+        self.method = method
         self.grad = grad
 
     @property
@@ -50,13 +52,18 @@ class FixedStepBlock(nn.Module):
         self._steps = check_steps(value)
 
     @property
-    def method(self) -> Tableau:
-        """The Runge–Kutta tableau the block steps with (set it by name or Tableau)."""
-        return self.tableau
+    def method(self) -> Method:
+        """The method the block steps with: a Tableau or a Reversible (set it by name too)."""
+        return self._method
 
     @method.setter
-    def method(self, value: str | Tableau) -> None:
-        self.tableau = get_tableau(value)
+    def method(self, value: str | Tableau | Reversible) -> None:
+        self._method = as_method(value)
+
+    @property
+    def tableau(self) -> Tableau:
+        """The tableau of the method's steps (a reversible method's base tableau)."""
+        return base_tableau(self._method)
 
     @property
     def grad(self) -> GradMode:
@@ -68,7 +75,7 @@ class FixedStepBlock(nn.Module):
         self._grad = as_grad_mode(value)
 
     def extra_repr(self) -> str:
-        return solve_repr(self.t0, self.t1, self.steps, self.tableau, self.grad, self.func)
+        return solve_repr(self.t0, self.t1, self.steps, self.method, self.grad, self.func)
 
 
 class ODEBlock(FixedStepBlock):
@@ -96,7 +103,7 @@ class ODEBlock(FixedStepBlock):
         t0: float | Tensor = 0.0,
         t1: float | Tensor = 1.0,
         steps: int = 1,
-        method: str | Tableau = "rk4",
+        method: str | Tableau | Reversible = "rk4",
         grad: str | GradMode = "anode",
     ) -> None:
         if not callable(func):
@@ -104,13 +111,14 @@ class ODEBlock(FixedStepBlock):
         super().__init__(func, t0, t1, steps, method, grad)
 
     def forward(self, x: Tensor) -> Tensor:
-        return odeint(self.func, x, self.t0, self.t1, steps=self.steps, method=self.tableau, grad=self.grad)
+        return odeint(self.func, x, self.t0, self.t1, steps=self.steps, method=self.method, grad=self.grad)
 
 
-def solve_repr(t0: float | Tensor, t1: float | Tensor, steps: int, tableau: Tableau, grad: GradMode,
+def solve_repr(t0: float | Tensor, t1: float | Tensor, steps: int, method: Method, grad: GradMode,
                func: object) -> str:
     """The extra_repr of a block: its times, steps, method, mode and, if not a module, func."""
-    parts = [f"t0={format_time(t0)}", f"t1={format_time(t1)}", f"steps={steps}", f"method={tableau.name}",
+    name = f"{method!r}" if isinstance(method, Reversible) else method.name
+    parts = [f"t0={format_time(t0)}", f"t1={format_time(t1)}", f"steps={steps}", f"method={name}",
              f"grad={grad!r}"]
     if not isinstance(func, nn.Module):
         parts.append(f"func={getattr(func, '__qualname__', repr(func))}")

@@ -21,8 +21,9 @@ from torch.func import functional_call
 
 from .block import FixedStepBlock
 from .modes import GradMode
-from .odeint import fixed_step_problem, odeint
+from .odeint import fixed_step_problem, odeint, solve_problem
 from .rda import MAX_STAGES, RDA, _reaction_code
+from .reversible import Reversible, ReversibleProblem
 from .solver import State, Supplied
 from .tableau import Tableau
 
@@ -104,7 +105,7 @@ class CoupledODEBlock(FixedStepBlock):
         t0: float | Tensor = 0.0,
         t1: float | Tensor = 1.0,
         steps: int = 1,
-        method: str | Tableau = "rk4",
+        method: str | Tableau | Reversible = "rk4",
         grad: str | GradMode = "anode",
         q: str | nn.Module = "rda",
         weights: Sequence[str] | None = None,
@@ -139,16 +140,17 @@ class CoupledODEBlock(FixedStepBlock):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.coupled:
-            return odeint(self.func, x, self.t0, self.t1, steps=self.steps, method=self.tableau, grad=self.grad)
+            return odeint(self.func, x, self.t0, self.t1, steps=self.steps, method=self.method, grad=self.grad)
         params = dict(self.func.named_parameters())
         thetas = tuple(params[name] for name in self.weight_names)
         joint = _JointDynamics(self)
-        problem = fixed_step_problem(joint, self.t0, self.t1, self.steps, self.tableau)
+        problem = fixed_step_problem(joint, self.t0, self.t1, self.steps, self.method)
+        steps = problem.base if isinstance(problem, ReversibleProblem) else problem
         # The fused kernel takes a float step size and at most MAX_STAGES stages; otherwise
         # the weights are stepped through q like the state.
-        if isinstance(self.q, RDA) and not isinstance(problem.h, Tensor) and self.tableau.stages <= MAX_STAGES:
-            problem.supply = _FusedWeights(joint)
-        (z, *_) = self.grad.solve(problem, (x, *thetas), self)
+        if isinstance(self.q, RDA) and not isinstance(steps.h, Tensor) and self.tableau.stages <= MAX_STAGES:
+            steps.supply = _FusedWeights(joint)
+        (z, *_) = solve_problem(self.grad, problem, (x, *thetas), self)
         return z
 
     def extra_repr(self) -> str:

@@ -10,8 +10,9 @@ import torch
 from torch import Tensor
 
 from .modes import GradMode, as_grad_mode
+from .reversible import Method, Reversible, ReversibleProblem, as_method, base_tableau
 from .solver import Problem, State, StateFunc, Time
-from .tableau import Tableau, get_tableau
+from .tableau import Tableau
 
 __all__ = ["odeint"]
 
@@ -43,11 +44,20 @@ def check_steps(steps: object) -> int:
     return int(steps)
 
 
-def fixed_step_problem(func: StateFunc, t0: object, t1: object, steps: int, tableau: Tableau,
-                       return_all: bool = False) -> Problem:
-    """The Problem of `steps` equal steps from t0 to t1, its times checked."""
+def fixed_step_problem(func: StateFunc, t0: object, t1: object, steps: int, method: Method,
+                       return_all: bool = False) -> Problem | ReversibleProblem:
+    """The problem of `steps` equal steps from t0 to t1 by `method`, its times checked."""
     t0, t1 = check_time(t0, "t0"), check_time(t1, "t1")
-    return Problem(func, tableau, t0, (t1 - t0) / steps, steps, bool(return_all))
+    base = Problem(func, base_tableau(method), t0, (t1 - t0) / steps, steps, bool(return_all))
+    return ReversibleProblem(base, method.coupling) if isinstance(method, Reversible) else base
+
+
+def solve_problem(mode: GradMode, problem: Problem | ReversibleProblem, state: State, owner: Callable) -> State:
+    """Solve `problem` from `state` in `mode`; a reversible problem starts from the pair
+    (state, state) and gives the first half of its result."""
+    if isinstance(problem, ReversibleProblem):
+        return mode.solve(problem, (*state, *state), owner)[:len(state)]
+    return mode.solve(problem, state, owner)
 
 
 class _OnTensor:
@@ -70,7 +80,7 @@ def odeint(
     t1: float | Tensor = 1.0,
     *,
     steps: int = 1,
-    method: str | Tableau = "rk4",
+    method: str | Tableau | Reversible = "rk4",
     grad: str | GradMode = "anode",
     return_all: bool = False,
 ) -> Tensor:
@@ -86,13 +96,17 @@ def odeint(
             tensors: with requires_grad the gradient with respect to them is the exact one
             of the discrete solve (step h = (t1 - t0) / steps), in every mode but Adjoint.
         steps: the number of steps, Nt >= 1.
-        method: a name in ``TABLEAUX`` ("euler", "midpoint", "rk4", ...) or a Tableau.
+        method: a name in ``TABLEAUX`` ("euler", "midpoint", "rk4", ...) or a Tableau; or
+            a reversible method, ``"reversible_<name>"`` or ``anode_ext.Reversible(...)``
+            (two base steps per step, exactly invertible; see anode_ext.reversible).
         grad: how the gradient is computed, a mode of ``anode_ext.modes`` or its name:
             ``Direct()`` autograd through every step (memory grows with steps x stages);
             ``Anode()`` keeps only y0 and recomputes the steps in backward;
             ``Revolve(checkpoints=None, memory_budget=None)`` keeps a few states and
             recomputes optimally; ``Adjoint(params=())`` solves the adjoint ODE backwards
-            (Chen et al. 2018), which is NOT the exact gradient of the discrete solve.
+            (Chen et al. 2018), which is NOT the exact gradient of the discrete solve;
+            ``ReversibleGrad()``, for a reversible method only, computes each state
+            back from the last (memory constant in the steps).
         return_all: return the states at every step, shape ``(steps + 1, *y0.shape)``.
 
     Direct, Anode and Revolve give the same gradients for any func: the backward runs the
@@ -121,6 +135,6 @@ def odeint(
     if y0.is_nested or y0.layout != torch.strided:
         raise ValueError(f"y0 is a {'nested' if y0.is_nested else y0.layout} tensor; expected a dense (strided) tensor")
     mode = as_grad_mode(grad)
-    problem = fixed_step_problem(_OnTensor(func), t0, t1, check_steps(steps), get_tableau(method), return_all)
-    (out,) = mode.solve(problem, (y0,), func)
+    problem = fixed_step_problem(_OnTensor(func), t0, t1, check_steps(steps), as_method(method), return_all)
+    (out,) = solve_problem(mode, problem, (y0,), func)
     return out

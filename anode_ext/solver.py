@@ -195,8 +195,11 @@ class Problem:
 
     def step(self, n: int, state: State) -> State:
         """Step n: from the state at t0 + n h to the state at t0 + (n + 1) h."""
-        t = self.t0 + n * self.h
+        return self.step_at(self.t0 + n * self.h, self.h, state)
+
+    def step_at(self, t: Time, h: Time, state: State) -> State:
+        """One step of this problem's method of size h (negative steps back) from (t, state)."""
         if self.supply is None:
-            return rk_step(self.func, t, self.h, state, self.tableau)
-        supplied = self.supply.stages(t, self.h, state)
-        return rk_step(self.supply.derivative, t, self.h, state, self.tableau, supplied)
+            return rk_step(self.func, t, h, state, self.tableau)
+        supplied = self.supply.stages(t, h, state)
+        return rk_step(self.supply.derivative, t, h, state, self.tableau, supplied)

@@ -7,12 +7,12 @@ import pytest
 import torch
 from odefuncs import make_func
 
-from anode_ext import GRAD_MODES, Adjoint, Anode, Direct, GradMode, ODEBlock, Revolve, models, odeint
+from anode_ext import GRAD_MODES, Adjoint, Anode, Direct, GradMode, ODEBlock, ReversibleGrad, Revolve, models, odeint
 from anode_ext.modes import as_grad_mode, grad_mode_named
 
 
 def test_names_mean_the_default_modes():
-    assert [as_grad_mode(name) for name in GRAD_MODES] == [Direct(), Anode(), Revolve(), Adjoint()]
+    assert [as_grad_mode(name) for name in GRAD_MODES] == [Direct(), Anode(), Revolve(), Adjoint(), ReversibleGrad()]
     assert [m.exact for m in (Direct(), Anode(), Revolve(), Adjoint())] == [True, True, True, False]
 
 

@@ -52,7 +52,7 @@ def create(
     t0: float = 0.0,
     t1: float = 1.0,
     steps: int = 1,
-    method: str | Tableau = "rk4",
+    method: str | Tableau | Reversible = "rk4",
     grad: str | GradMode = "anode",
     coupled: str | list[int] = "none",
     q: str = "rda",

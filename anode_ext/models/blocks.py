@@ -11,7 +11,8 @@ from ..block import ODEBlock
 from ..coupled import CoupledODEBlock
 from ..modes import GradMode, as_grad_mode
 from ..odeint import check_steps, check_time
-from ..tableau import Tableau, get_tableau
+from ..reversible import Reversible, as_method
+from ..tableau import Tableau
 
 COUPLED_CHOICES = ("none", "all", "first", "last")
 
@@ -29,7 +30,7 @@ class BlockConfig:
     t0: float = 0.0
     t1: float = 1.0
     steps: int = 1
-    method: str | Tableau = "rk4"
+    method: str | Tableau | Reversible = "rk4"
     grad: str | GradMode = "anode"
     coupled: str | list[int] = "none"
     q: str = "rda"
@@ -37,7 +38,7 @@ class BlockConfig:
     stages: int = field(default=4, repr=False)
 
     def __post_init__(self) -> None:
-        self.method = get_tableau(self.method)
+        self.method = as_method(self.method)
         self.steps = check_steps(self.steps)
         self.grad = as_grad_mode(self.grad)
         check_time(self.t0, "t0")

@@ -250,6 +250,15 @@ class CheckpointedSolve:
 
     def _recompute(self, segment: int) -> None:
         """Record step `segment` again (the whole solve for anode); the ledger's callback."""
+        self._start_recompute()
+        if self.plan is None:
+            self._record(0, self.positions[0], whole=True)
+        elif not self._follow_schedule(segment):
+            self._record_out_of_order(segment)
+
+    def _start_recompute(self) -> None:
+        """Refuse a recompute from tensors modified in place since the forward; hold what
+        the recompute keeps through fresh caller hooks."""
         self.inputs.check(self.mode, "the state the solve started from (or one it kept)",
                           "modify a copy instead, in func and after the solve")
         if not self.ledger.outside_unchanged():
@@ -257,10 +266,6 @@ class CheckpointedSolve:
                 mode=self.mode, what="a tensor func used",
                 fix="call backward before modifying it (an optimizer step, say), as grad='direct' requires"))
         self.hooks = CallerHooks()
-        if self.plan is None:
-            self._record(0, self.positions[0], whole=True)
-        elif not self._follow_schedule(segment):
-            self._record_out_of_order(segment)
 
     def _follow_schedule(self, segment: int) -> bool:
         """Carry out the revolve schedule until step `segment` is recorded; False when
@@ -338,7 +343,7 @@ class CheckpointedSolve:
         with self._replaying(origin), torch.enable_grad():
             state = tuple(s.detach().requires_grad_(r) for s, r in zip(state, self.requires[first]))
             self.ledger.begin_record(first, list(zip(state, self.inputs_seen[first])), self.hooks.pack,
-                                     self.hooks.unpack)
+                                     self.hooks.unpack, True)
             with torch.autograd.graph.saved_tensors_hooks(self.ledger.keep, self.ledger.kept):
                 out = self.problem.solve(state) if whole else self.problem.step(first, state)
         if whole and self.problem.return_all:

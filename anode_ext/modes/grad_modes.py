@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import ClassVar
@@ -16,14 +17,17 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..reversible import ReversibleProblem
 from ..revolve import _check_budget, _check_checkpoints, checkpoints_for_budget
 from ..solver import Problem, State
 from .adjoint import solve_adjoint
 from .checkpointed import solve_checkpointed
+from .reconstruct import solve_reconstructing
 from .replay import ForwardState
 
 __all__ = [
-    "GRAD_MODES", "Adjoint", "Anode", "Direct", "GradMode", "Recompute", "Revolve", "as_grad_mode", "grad_mode_named",
+    "GRAD_MODES", "Adjoint", "Anode", "Direct", "GradMode", "Recompute", "ReversibleGrad", "Revolve", "as_grad_mode",
+    "grad_mode_named",
 ]
 
 
@@ -194,6 +198,11 @@ class Adjoint(GradMode):
         object.__setattr__(self, "params", params)
 
     def _solve(self, problem: Problem, state: State, owner: Callable) -> State:
+        if isinstance(problem, ReversibleProblem):
+            raise ValueError(
+                "grad='adjoint' solves the continuous adjoint ODE, which a reversible method does not step; "
+                "use grad='reversible' (exact, memory constant in the steps) or a method that is not reversible"
+            )
         return _solve_adjoint(problem, state, self.params)
 
     def __repr__(self) -> str:
@@ -213,7 +222,58 @@ def _solve_adjoint(problem: Problem, state: State, params: tuple[Tensor, ...]) -
     return solve_adjoint(problem, state, ForwardState(state), params)
 
 
-GRAD_MODES: dict[str, type[GradMode]] = {m.name: m for m in (Direct, Anode, Revolve, Adjoint)}
+@dataclass(frozen=True, repr=False)
+class ReversibleGrad(GradMode):
+    """The gradient of a reversible method's solve with memory constant in the steps
+    (McCallum & Foster, "Efficient, Accurate and Stable Gradients for Neural ODEs",
+    arXiv:2410.11648, 2024): the forward keeps only the final pair of states and the
+    backward computes each earlier pair back by the method's inverse, recording each step
+    again from it (anode_ext.modes.reconstruct). The gradient is Direct's on the same
+    method to the rounding of the reconstruction. Needs a reversible method
+    (``method="reversible_rk4"`` or ``anode_ext.Reversible(...)``).
+
+    Args:
+        rtol: how far (relative L2 error) a reconstructed state may be from the forward's
+            before backward raises instead of returning a gradient computed elsewhere;
+            default sqrt(eps) of the state's dtype. ``float("inf")`` turns the check off.
+
+    Raises:
+        ValueError: for an rtol that is not a positive real number, and from a solve
+            whose method is not reversible.
+        RuntimeError: from backward, when a reconstructed state is further than rtol
+            from the forward's.
+    """
+
+    name: ClassVar[str] = "reversible"
+    rtol: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.rtol is not None:
+            if isinstance(self.rtol, bool) or not isinstance(self.rtol, numbers.Real) or not self.rtol > 0:
+                raise ValueError(f"ReversibleGrad rtol must be a positive real number (or None), got {self.rtol!r}")
+            object.__setattr__(self, "rtol", float(self.rtol))
+
+    def solve(self, problem: Problem, state: State, owner: Callable) -> State:
+        if not isinstance(problem, ReversibleProblem):
+            raise ValueError(
+                "grad='reversible' needs a reversible method, such as method='reversible_rk4' or "
+                "anode_ext.Reversible('rk4', coupling=0.999); got the method "
+                f"{problem.tableau.name!r}"
+            )
+        return super().solve(problem, state, owner)
+
+    def _solve(self, problem: ReversibleProblem, state: State, owner: Callable) -> State:
+        return _solve_reconstructing(problem, state, owner, self.rtol)
+
+
+@_outside_compile
+def _solve_reconstructing(problem: ReversibleProblem, state: State, owner: Callable, rtol: float | None) -> State:
+    return solve_reconstructing(problem, state, ForwardState(state), owner, rtol)
+
+
+GRAD_MODES: dict[str, type[GradMode]] = {
+    m.name: m for m in (Direct, Anode, Revolve, Adjoint, ReversibleGrad)
+}
 """The gradient modes by name; a name given as ``grad=`` means the mode with its defaults."""
 
 

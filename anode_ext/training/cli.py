@@ -18,7 +18,10 @@ from ..data import DATASETS, load_dataset
 from ..models.blocks import COUPLED_CHOICES
 from ..modes import GRAD_MODES, grad_mode_named
 from ..rda import REACTIONS
+from ..reversible import DEFAULT_COUPLING, PREFIX, check_coupling
 from ..tableau import TABLEAUX
+
+METHOD_NAMES = [*sorted(TABLEAUX), *(PREFIX + name for name in sorted(TABLEAUX))]
 from .checkpoint import check_same_architecture, load_checkpoint
 from .loop import NonFiniteError, RunConfig, Topology, Trainer
 
@@ -65,6 +68,17 @@ def _coupled(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected one of {', '.join(COUPLED_CHOICES)} or stage numbers like 2,3")
 
 
+def _coupling(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    try:
+        return check_coupling(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     defaults = RunConfig()
     p = argparse.ArgumentParser(
@@ -74,7 +88,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default=defaults.model, help=f"one of {', '.join(models.available())} (default: %(default)s)")
     p.add_argument("--width", type=_positive_float, default=defaults.width, help="layer width multiplier (default: %(default)s)")
-    p.add_argument("--method", default=defaults.method, choices=sorted(TABLEAUX), help="Runge-Kutta method (default: %(default)s)")
+    p.add_argument("--method", default=defaults.method, choices=METHOD_NAMES,
+                   help="Runge-Kutta method; reversible_<name> is its reversible version (default: %(default)s)")
+    p.add_argument("--coupling", type=_coupling, default=None,
+                   help=f"reversible methods: the coupling lambda in (0, 1] (default: {DEFAULT_COUPLING})")
     p.add_argument("--steps", type=_positive_int, default=defaults.steps, help="Nt, steps per ODE block (default: %(default)s)")
     p.add_argument("--grad", default=defaults.grad, choices=list(GRAD_MODES), help="gradient mode (default: %(default)s)")
     p.add_argument("--checkpoints", type=_positive_int, default=None,
@@ -139,7 +156,7 @@ def build_config(args: argparse.Namespace, num_classes: int, in_channels: int) -
         coupled = [int(part) for part in coupled.split(",")]
     return RunConfig(
         model=args.model, width=args.width, method=args.method, steps=args.steps, grad=args.grad,
-        checkpoints=args.checkpoints, memory_budget=args.memory_budget, coupled=coupled, q=args.q,
+        coupling=args.coupling, checkpoints=args.checkpoints, memory_budget=args.memory_budget, coupled=coupled, q=args.q,
         reaction=args.reaction, dataset=args.dataset,
         data_root=args.data_root, num_classes=num_classes, in_channels=in_channels, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
@@ -155,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         grad_mode_named(args.grad, checkpoints=args.checkpoints, memory_budget=args.memory_budget)
     except ValueError as error:
         raise SystemExit(f"anode-train: --grad {args.grad}: {error}") from None
+    reversible = args.method.startswith(PREFIX)
+    if args.coupling is not None and not reversible:
+        raise SystemExit(f"anode-train: --coupling goes with a reversible method such as --method {PREFIX}{args.method}")
+    if args.grad == "reversible" and not reversible:
+        raise SystemExit(f"anode-train: --grad reversible needs a reversible method such as --method {PREFIX}{args.method}")
     if args.coupled != "none" and args.model.endswith("_baseline"):
         raise SystemExit("anode-train: --coupled needs an ODE model; baselines have no ODE blocks")
     resume = None

@@ -23,6 +23,8 @@ from tqdm import tqdm
 from .. import models
 from ..data import Dataset, augment, batches
 from ..modes import GradMode, grad_mode_named
+from ..reversible import PREFIX, Reversible, as_method
+from ..tableau import Tableau
 from .checkpoint import save_atomically
 from .metrics import append_metrics, peak_memory_bytes, plot_curves, read_metrics
 
@@ -34,6 +36,7 @@ class RunConfig:
     model: str = "sqnxt"
     width: float = 1.0
     method: str = "midpoint"
+    coupling: float | None = None
     steps: int = 2
     grad: str = "anode"
     checkpoints: int | None = None
@@ -58,6 +61,22 @@ class RunConfig:
     def grad_mode(self) -> GradMode:
         """The gradient mode that grad, checkpoints and memory_budget spell."""
         return grad_mode_named(self.grad, checkpoints=self.checkpoints, memory_budget=self.memory_budget)
+
+    def solve_method(self) -> Tableau | Reversible:
+        """The method that method and coupling spell.
+
+        Raises:
+            ValueError: for an unknown method, or a coupling given with a method that is
+                not reversible.
+        """
+        method = as_method(self.method)
+        if self.coupling is None:
+            return method
+        if not isinstance(method, Reversible):
+            raise ValueError(
+                f"a coupling goes with a reversible method such as {PREFIX}{self.method}, not with {self.method}"
+            )
+        return Reversible(method.tableau, self.coupling)
 
     def milestones(self) -> list[int]:
         """Epochs after which the learning rate drops by 10 (halfway) and by 100 (three quarters)."""
@@ -165,7 +184,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = models.create(
             config.model, num_classes=config.num_classes, in_channels=config.in_channels, width=config.width,
-            steps=config.steps, method=config.method, grad=config.grad_mode(),
+            steps=config.steps, method=config.solve_method(), grad=config.grad_mode(),
             coupled=config.coupled, q=config.q, reaction=config.reaction,
         ).to(topo.device)
         self.net: nn.Module = (

@@ -19,11 +19,18 @@
 // asynchronous kernel and compared once per recomputed segment. Tensors without plain
 // strided data (nested tensors, tensor subclasses, functorch wrappers) have neither their
 // shape checked nor a sample taken.
+//
+// A recompute may record a segment's parts out of order (grad='reversible' reconstructs a
+// step's second half before its first): `seek` moves the slot the next saved tensor fills.
+// Such a recompute starts from states reconstructed to rounding, not repeated bit for bit,
+// so it is recorded as inexact: its samples are not compared (its caller compares the
+// reconstructed states to a tolerance instead).
 
 #include <c10/util/SmallVector.h>
 #include <torch/csrc/autograd/grad_mode.h>
 #include <torch/csrc/autograd/python_variable.h>
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 #include <sstream>
@@ -107,12 +114,15 @@ struct Segment {
   std::vector<Meta> meta;     // from the forward
   std::vector<at::Tensor> live;  // the forward's tensors, while the segment's forward runs
   bool running = false;
-  // The latest recompute: tensors (or what the caller's hooks made of them), their
-  // versions when saved, and how many autograd has not taken yet.
+  // The latest recompute, one slot per saved tensor: the tensors (or, with the caller's
+  // hooks, what they made of them), their versions when saved, which slots were filled,
+  // and how many tensors autograd has not taken yet.
   std::vector<at::Tensor> tensors;
   std::vector<py::object> packed;
   std::vector<uint32_t> versions;
+  std::vector<bool> filled;
   std::vector<bool> taken;
+  bool caller_hooks = false;
   size_t left = 0;
   bool recorded = false;
 };
@@ -191,10 +201,9 @@ class SavedLedger {
     }
     Segment& r = segments_.at(segment);  // the callback may have grown the vector
     r.taken[index] = true;
-    at::Tensor t = r.packed.empty() ? std::move(r.tensors[index])
-                                    : THPVariable_Unpack(restore_(r.packed[index]).ptr());
+    const bool held_here = !r.caller_hooks;  // else the caller's hooks made what comes back
+    at::Tensor t = held_here ? std::move(r.tensors[index]) : THPVariable_Unpack(restore_(r.packed[index]).ptr());
     const uint32_t version = r.versions[index];
-    const bool held_here = r.packed.empty();  // else the caller's hooks made what came back
     if (!held_here) {
       r.packed[index] = py::object();
     }
@@ -213,43 +222,89 @@ class SavedLedger {
   // Starts recording segment `segment` again. `copies` pairs each tensor the recompute
   // starts from with the forward's tensor it stands for (or None): a copy of an input
   // counts as that input. `pack` and `unpack` are the caller's saved-tensor hooks, or None.
+  // `exact`: whether the recompute starts from the forward's own states (else from states
+  // reconstructed to rounding, whose saved values are not compared).
   void begin_record(int64_t segment, const std::vector<std::pair<at::Tensor, py::object>>& copies,
-                    py::object pack, py::object unpack) {
+                    py::object pack, py::object unpack, bool exact) {
     Segment& s = segments_.at(segment);
     release(s);
+    const size_t slots = s.meta.size();
+    s.tensors.assign(slots, at::Tensor());
+    s.caller_hooks = !pack.is_none();
+    if (s.caller_hooks) {
+      s.packed.assign(slots, py::object());
+    }
+    s.versions.assign(slots, 0);
+    s.filled.assign(slots, false);
+    cursor_ = 0;
+    exact_ = exact;
     recording_ = segment;
     keep_ = std::move(pack);
     restore_ = std::move(unpack);
     copies_.clear();
-    for (const auto& [copy, original] : copies) {
-      copies_[copy.unsafeGetTensorImpl()] =
-          original.is_none() ? at::Tensor() : THPVariable_Unpack(original.ptr());
-    }
+    add_copies(copies);
     mismatch_.clear();
     device_samples_.clear();
   }
 
+  // More pairs as begin_record takes them: tensors the recording starts from midway
+  // (a reconstructed state).
+  void add_copies(const std::vector<std::pair<at::Tensor, py::object>>& copies) {
+    for (const auto& [copy, original] : copies) {
+      copies_[copy.unsafeGetTensorImpl()] =
+          original.is_none() ? at::Tensor() : THPVariable_Unpack(original.ptr());
+    }
+  }
+
+  // The number of tensors segment `segment` has saved so far in the forward: where a
+  // part of it starts, for `seek`.
+  int64_t saved_count(int64_t segment) const {
+    return static_cast<int64_t>(segments_.at(segment).meta.size());
+  }
+
+  // The slot the next tensor the recompute saves fills.
+  void seek(int64_t index) {
+    const Segment& s = segments_.at(recording_);
+    if (index < 0 || static_cast<size_t>(index) > s.meta.size()) {
+      throw std::out_of_range("SavedLedger.seek: slot " + std::to_string(index) + " outside 0.." +
+                              std::to_string(s.meta.size()));
+    }
+    cursor_ = static_cast<size_t>(index);
+  }
+
   int64_t keep(const at::Tensor& t) {
     Segment& s = segments_.at(recording_);
-    const size_t index = s.versions.size();
+    const size_t index = cursor_++;
+    if (index >= s.tensors.size()) {  // more than the forward saved: reported by finish_record
+      s.tensors.resize(index + 1);
+      s.versions.resize(index + 1);
+      s.filled.resize(index + 1, false);
+      if (s.caller_hooks) {
+        s.packed.resize(index + 1);
+      }
+    }
+    if (s.filled[index] && mismatch_.empty()) {
+      mismatch_ = "saved tensor " + std::to_string(index) + " was saved twice in the recompute";
+    }
     compare(s, index, t);
-    if (keep_.is_none()) {
+    if (!s.caller_hooks) {
       // Detached (autograd rebuilds the variable it unpacks anyway): the recomputed
       // tensor's own graph holds these hooks, hence this ledger, hence the solve; a
       // reference back would be a cycle through C++ that no collector frees when a
       // backward leaves some tensors untaken.
-      s.tensors.push_back(t.detach());
+      s.tensors[index] = t.detach();
     } else {
-      s.packed.push_back(keep_(py::reinterpret_steal<py::object>(THPVariable_Wrap(t))));
+      s.packed[index] = keep_(py::reinterpret_steal<py::object>(THPVariable_Wrap(t)));
     }
-    s.versions.push_back(t._version());
+    s.versions[index] = t._version();
+    s.filled[index] = true;
     return static_cast<int64_t>(index);
   }
 
   // A tensor of the recompute asked for inside it (func differentiating inside itself).
   at::Tensor kept(int64_t index) {
     Segment& s = segments_.at(recording_);
-    return s.packed.empty() ? s.tensors.at(index) : THPVariable_Unpack(restore_(s.packed.at(index)).ptr());
+    return s.caller_hooks ? THPVariable_Unpack(restore_(s.packed.at(index)).ptr()) : s.tensors.at(index);
   }
 
   // Ends the recording; "" when it repeated the forward, else what differed.
@@ -259,16 +314,17 @@ class SavedLedger {
     if (mismatch_.empty()) {
       compare_device_samples();
     }
-    if (mismatch_.empty() && s.versions.size() != s.meta.size()) {
-      mismatch_ = "func saved " + std::to_string(s.versions.size()) + " tensors for backward, against " +
+    const size_t saved = static_cast<size_t>(std::count(s.filled.begin(), s.filled.end(), true));
+    if (mismatch_.empty() && (saved != s.meta.size() || s.filled.size() != s.meta.size())) {
+      mismatch_ = "func saved " + std::to_string(saved) + " tensors for backward, against " +
                   std::to_string(s.meta.size()) + " in the forward";
     }
     if (!mismatch_.empty()) {
       release(s);
       return mismatch_;
     }
-    s.taken.assign(s.versions.size(), false);
-    s.left = s.versions.size();
+    s.taken.assign(s.meta.size(), false);
+    s.left = s.meta.size();
     s.recorded = true;
     if (s.left == 0) {
       release(s);
@@ -313,6 +369,7 @@ class SavedLedger {
     s.tensors.clear();
     s.packed.clear();
     s.versions.clear();
+    s.filled.clear();
     s.taken.clear();
     s.left = 0;
     s.recorded = false;
@@ -379,6 +436,9 @@ class SavedLedger {
                   "parameter changed)";
       return;
     }
+    if (!exact_) {
+      return;
+    }
     const Sample now = sample_of(t);
     if (!now.copy.defined()) {
       if (now.bytes != m.sample.bytes) {
@@ -421,6 +481,8 @@ class SavedLedger {
   std::vector<Segment> segments_;
   int64_t current_ = 0;
   int64_t recording_ = 0;
+  size_t cursor_ = 0;
+  bool exact_ = true;
   py::object keep_ = py::none();
   py::object restore_ = py::none();
   std::unordered_map<c10::TensorImpl*, at::Tensor> copies_;
@@ -443,6 +505,9 @@ void bind_saved_ledger(py::module_& m) {
       .def("pack", &SavedLedger::pack)
       .def("unpack", &SavedLedger::unpack)
       .def("begin_record", &SavedLedger::begin_record)
+      .def("add_copies", &SavedLedger::add_copies)
+      .def("saved_count", &SavedLedger::saved_count)
+      .def("seek", &SavedLedger::seek)
       .def("keep", &SavedLedger::keep)
       .def("kept", &SavedLedger::kept)
       .def("finish_record", &SavedLedger::finish_record)
