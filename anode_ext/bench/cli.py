@@ -22,6 +22,7 @@ from .ops import format_rk4_table, rk4_combine_benchmark
 from .overhead import format_overhead, overhead_benchmark
 from .plots import plot_blocks, plot_reversibility
 from .reversibility import format_reversibility, reversibility
+from .reversible_bench import MAX_STEPS_ONE_CHECKPOINT, format_reversible, reversible_benchmark
 from .soak import format_soak, soak
 from .revolve_table import format_revolve_table, revolve_table
 from .solver_costs import (
@@ -33,7 +34,7 @@ from .solver_costs import (
     step_overhead,
 )
 from .solvers import solvers, torchdiffeq_version
-from .timing import MAX_RERUNS, NOISE_THRESHOLD, NOISY_MARK, timing_summaries
+from .timing import MAX_RERUNS, NOISE_THRESHOLD, NOISY_MARK, noisy_footnote, timing_summaries
 
 
 @dataclass
@@ -61,6 +62,11 @@ class Preset:
     adjoint_error_steps: tuple[int, ...] = (1, 2, 4, 8)
     adjoint_error_block: dict[str, int] = field(default_factory=lambda: {"channels": 32, "image_size": 16, "batch": 2})
     soak_steps: int = 10_000
+    reversible_steps: tuple[int, ...] = (8, 32, 128)
+    reversible_blocks: dict[str, dict[str, int]] = field(default_factory=lambda: {
+        "mlp": {"dim": 16, "hidden": 64, "batch": 32},
+        "resnet": {"channels": 8, "image_size": 8, "batch": 4},
+    })
 
 
 PRESETS = {
@@ -82,6 +88,11 @@ PRESETS = {
         model_batch=16,
         model_steps=(1, 2, 4, 8),
         conv_block={"channels": 64, "batch": 32, "image_size": 32, "steps": 4},
+        reversible_steps=(8, 32, 128, 512),
+        reversible_blocks={
+            "mlp": {"dim": 16, "hidden": 64, "batch": 32},
+            "resnet": {"channels": 16, "image_size": 16, "batch": 8},
+        },
     ),
     "quick": Preset(
         numel=1 << 12,
@@ -104,6 +115,8 @@ PRESETS = {
         adjoint_error_steps=(1, 2),
         adjoint_error_block={"channels": 4, "image_size": 8, "batch": 1},
         soak_steps=40,
+        reversible_steps=(2, 4),
+        reversible_blocks={"mlp": {"dim": 4, "hidden": 8, "batch": 2}, "resnet": {"channels": 4, "image_size": 4, "batch": 1}},
     ),
 }
 
@@ -191,8 +204,22 @@ def models_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
 def reversibility_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
     rows = reversibility(p.reversibility_steps, p.reversibility_scales)
     plot_reversibility(rows, args.out)
-    title = "Reversibility of a ReLU conv block (Euler): relative error of the input reconstructed backwards"
+    title = ("Reversibility of a ReLU conv block (Euler): relative error of the input reconstructed backwards, by a "
+             "reverse-time solve (what the adjoint relies on) and by the reversible method's inverse (what "
+             "grad='reversible' relies on)")
     return rows, title, format_reversibility(rows)
+
+
+def reversible_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
+    rows = []
+    for kind, size in p.reversible_blocks.items():
+        rows += reversible_benchmark(kind, size, p.reversible_steps, p.repeats)
+    sizes = "; ".join(f"{kind} {', '.join(f'{k} {v}' for k, v in size.items())}" for kind, size in p.reversible_blocks.items())
+    title = (
+        f"Reversible solver: training step, peak bytes saved for backward and evaluations against anode and revolve "
+        f"(rk4 base, CPU; {sizes}; revolve c=1 only up to Nt={MAX_STEPS_ONE_CHECKPOINT})"
+    )
+    return rows, title, format_reversible(rows) + noisy_footnote(r["timing"] for r in rows)
 
 
 def soak_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
@@ -216,6 +243,7 @@ SECTIONS: dict[str, Section] = {
     "coupled": coupled_section,
     "models": models_section,
     "reversibility": reversibility_section,
+    "reversible": reversible_section,
     "soak": soak_section,
 }
 # Run only when named: the soak takes tens of minutes.

@@ -58,11 +58,15 @@ def plot_blocks(rows: list[dict[str, Any]], out_dir: str) -> list[str]:
 
 
 def plot_reversibility(rows: list[dict[str, Any]], out_dir: str) -> str:
-    """Reconstruction error against Nt, a line per weight scale."""
+    """Reconstruction error against Nt, a line per reconstruction and weight scale (the
+    reversible method's inverse dashed, in the colour of the same scale)."""
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    for scale in sorted({r["weight_scale"] for r in rows}):
-        points = sorted((r["steps"], max(r["relative_error"], _ERROR_FLOOR)) for r in rows if r["weight_scale"] == scale)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"weight scale {scale:g}")
+    for i, scale in enumerate(sorted({r["weight_scale"] for r in rows})):
+        for kind, style in (("reverse-time solve", "-"), ("reversible method's inverse", "--")):
+            points = sorted((r["steps"], max(r["relative_error"], _ERROR_FLOOR)) for r in rows
+                            if r["weight_scale"] == scale and r["reconstruction"] == kind)
+            ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", color=f"C{i}",
+                    label=f"scale {scale:g}, {kind}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("Nt")

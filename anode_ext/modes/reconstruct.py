@@ -33,7 +33,7 @@ from torch import Tensor
 from .._library import _C
 from ..reversible import ReversibleProblem
 from ..solver import State
-from .checkpointed import NOT_REPEATED_MESSAGE, CheckpointedSolve, _Position, fingerprint
+from .checkpointed import NOT_REPEATED_MESSAGE, CheckpointedSolve, _base_of, _Position, fingerprint
 from .replay import BufferValues, ForwardState, RngState, hooks_registered_in_body_removed
 
 RECONSTRUCTION_MESSAGE = (
@@ -83,22 +83,30 @@ class _Replay:
 
 
 class ReconstructingSolve(CheckpointedSolve):
-    """One forward solve of a ReversibleProblem in mode reversible, and its recompute."""
+    """One forward solve of a ReversibleProblem in mode reversible, and its recompute.
+
+    Each half of step n is a segment of the ledger: 2n the base step from z_n and the
+    update of y, 2n + 1 the base step back from y_{n+1} and the update of z. The backward
+    needs the second half's saved tensors before the first's (y_{n+1}'s gradient is
+    complete only once the step back from it is differentiated), and has done with them
+    by then: it holds one base step's tensors at a time, as revolve does.
+    """
 
     def __init__(self, problem: ReversibleProblem, forward_state: ForwardState, owner: Callable,
                  rtol: float | None) -> None:
         super().__init__(problem, forward_state, None, owner)
         self.mode = "reversible"
         self.rtol = rtol
-        # Per step: where its parts' saved tensors start in the ledger (after the base
-        # step from z, after y's update, after the base step back), and the replay state
-        # of its two halves.
-        self.marks: list[tuple[int, int, int]] = []
-        self.halves: list[tuple[_Replay, _Replay]] = []
-        self.final_requires: tuple[bool, ...] = ()
+        self.halves: list[tuple[_Replay, _Replay]] = []  # per step: its two halves' replay state
+        self.flags: list[tuple[bool, ...]] = []  # per step n: requires_grad of the pair at n
+        self.prints: list[Tensor] = []  # per step n: a fingerprint of the pair at n
         self.numel: list[int] = []
-        # The latest reconstructed pair (step, position), besides the final pair.
+        # The final pair; the latest pair reconstructed (position, pair), from the final
+        # one down; and z_n when only step n's second half has been recorded since. All
+        # held through the caller's saved-tensor hooks, as the forward's tensors are.
+        self.final: _Position | None = None
         self.reached: tuple[int, _Position] | None = None
+        self.partial: tuple[int, _Position] | None = None
         self._last_rng: RngState | None = None
 
     # --- forward ---------------------------------------------------------------
@@ -106,7 +114,6 @@ class ReconstructingSolve(CheckpointedSolve):
     def forward(self, state: State) -> State:
         """Run the solve from the pair `state`, recording its graph without its saved tensors."""
         self.numel = [s.numel() for s in state]
-        self.fingerprints[-1] = fingerprint(state)
         with self.modules.watch():
             out = self._forward_steps(state)
         self.forward_state.forward_done()
@@ -123,69 +130,156 @@ class ReconstructingSolve(CheckpointedSolve):
 
     def _forward_steps(self, state: State) -> State:
         problem: ReversibleProblem = self.problem
-        ledger, base = self.ledger, problem.base
+        ledger, base, last = self.ledger, problem.base, problem.steps - 1
         trajectory = [state]
         for n in range(problem.steps):
-            self._segment_starts(n, state)
             y, z = problem.split(state)
+            self.flags.append(tuple(s.requires_grad for s in state))
+            self.prints.append(fingerprint(state))
+            if n == 0:
+                self.inputs_seen.append(tuple(_base_of(s) for s in state))
+                ledger.set_known([*self.known, *self.inputs_seen[0]])
+                self.known = ()
             start = self._replay_now()
+            ledger.start_segment(2 * n)
             with torch.autograd.graph.saved_tensors_hooks(ledger.pack, ledger.unpack):
-                s1 = base.step_at(problem.time(n), base.h, z)
-                after_s1 = ledger.saved_count(n)
-                y1 = problem.couple_y(s1, y, z)
-                after_y = ledger.saved_count(n)
-                ledger.release_live()
-                middle = self._replay_now()
-                if n < problem.steps - 1:
-                    s2 = self._second_half(n, y1)
-                else:
-                    # z_N only: the random numbers it draws and the buffers it updates are
-                    # undone, so that RNG and modules end as grad='direct' leaves them.
-                    with self._replaying(middle):
-                        s2 = self._second_half(n, y1)
-                after_s2 = ledger.saved_count(n)
-                state = (*y1, *problem.couple_z(z, y1, s2))
-            self.marks.append((after_s1, after_y, after_s2))
+                y1 = problem.couple_y(base.step_at(problem.time(n), base.h, z), y, z)
+            ledger.end_segment(2 * n)
+            middle = self._replay_now()
+            if n < last:
+                ledger.start_segment(2 * n + 1)
+                with torch.autograd.graph.saved_tensors_hooks(ledger.pack, ledger.unpack):
+                    z1 = problem.couple_z(z, y1, problem.second_half(n, y1))
+                ledger.end_segment(2 * n + 1)
+            else:
+                # z_N: no output depends on it, so it is computed without a graph, and the
+                # random numbers it draws and the buffers it updates are undone, so that
+                # RNG and modules end as grad='direct' leaves them.
+                with self._replaying(middle), torch.no_grad():
+                    z1 = problem.couple_z(z, y1, problem.second_half(n, y1))
             self.halves.append((start, middle))
-            self._segment_done(n, state)
+            state = (*y1, *z1)
             if problem.return_all:
                 trajectory.append(state)
-        self.final_requires = tuple(s.requires_grad for s in state)
         # A copy: the caller may modify its output in place (an in-place ReLU), which no
         # saved tensor of the graph forbids.
-        final = tuple(s.detach().clone() for s in state)
-        self.positions[problem.steps] = _Position(final, self.forward_state.rng, None, self.hooks)
+        self.flags.append(tuple(s.requires_grad for s in state))
+        self.final = self._held(tuple(s.detach().clone() for s in state))
+        self.reached = (problem.steps, self.final)
         if problem.return_all:
             return tuple(torch.stack([s[m] for s in trajectory]) for m in range(len(state)))
         return state
 
-    def _second_half(self, n: int, y1: State) -> State:
-        """The base step back from y_{n+1}; in the last step without a graph: it only
-        gives z_N, which no output depends on, so nothing it would save is ever used."""
-        if n < self.problem.steps - 1:
-            return self.problem.second_half(n, y1)
-        with torch.no_grad():
-            return self.problem.second_half(n, y1)
-
     # --- backward --------------------------------------------------------------
 
     def _recompute(self, segment: int) -> None:
-        """Reconstruct the pair step `segment` starts from, recording the step; the ledger's callback."""
+        """Record half `segment` of the solve again from states computed back; the
+        ledger's callback."""
         self._start_recompute()
-        after = self._pair_at(segment + 1)
-        self.reached = (segment, self._record_back(segment, after))
+        n = segment // 2
+        if segment % 2:
+            y1, z1 = self.problem.split(self._pair_at(n + 1))
+            self.partial = (n, self._held(self._record_second_half(n, y1, z1)))
+        else:
+            y1, _ = self.problem.split(self._pair_at(n + 1))
+            if self.partial is not None and self.partial[0] == n:
+                z = self.partial[1].state
+            else:
+                z = self._z_before(n, self._pair_at(n + 1))
+            self.reached = (n, self._held((*self._record_first_half(n, y1, z), *z)))
+            self.partial = None
+
+    def _held(self, state: State) -> _Position:
+        return _Position(state, None, None, self.hooks)
 
     def _pair_at(self, position: int) -> State:
-        """The pair at `position`: the final one, the latest reconstructed one, or one
-        reconstructed (without recording) from the nearest of them above."""
-        if self.reached is not None and self.reached[0] >= position:
-            at, origin = self.reached
-        else:
-            at, origin = self.problem.steps, self.positions[self.problem.steps]
-        pair = origin.state
+        """The pair at `position`, computed back (without recording) from the latest
+        pair reached, or from the final one when the latest is below `position` (a
+        second backward through a retained graph)."""
+        at, held = self.reached
+        if at < position:
+            at, held = self.problem.steps, self.final
+        pair = held.state
+        if at == position:
+            return pair
         for n in range(at - 1, position - 1, -1):
-            pair = self._step_back(n, pair)
+            z = self._z_before(n, pair)
+            y1, _ = self.problem.split(pair)
+            start, _ = self.halves[n]
+            with self._replaying(start):
+                s1 = self._base_step(n, self._requiring(z, self._half_flags(n, z=True)))
+            with torch.no_grad():
+                pair = (*self.problem.undo_y(y1, s1, z), *z)
+            self._check(n, pair, 0, len(pair))
+        self.reached = (position, self._held(pair))
         return pair
+
+    def _z_before(self, n: int, pair1: State) -> State:
+        """z_n from the pair at n + 1, not recorded."""
+        problem: ReversibleProblem = self.problem
+        y1, z1 = problem.split(self._requiring(pair1, self.flags[n + 1]))
+        _, middle = self.halves[n]
+        with self._replaying(middle):
+            if n == problem.steps - 1:
+                with torch.no_grad():
+                    s2 = problem.second_half(n, y1)
+            else:
+                s2 = problem.second_half(n, y1)
+        with torch.no_grad():
+            z = problem.undo_z(z1, y1, s2)
+        self._check(n, z, len(z), 2 * len(z))
+        return z
+
+    def _record_second_half(self, n: int, y1: State, z1: State) -> State:
+        """Segment 2n + 1 recorded; returns z_n."""
+        problem: ReversibleProblem = self.problem
+        ledger = self.ledger
+        y1 = self._requiring(y1, self.flags[n + 1][:len(y1)])
+        _, middle = self.halves[n]
+        ledger.begin_record(2 * n + 1, [(t, None) for t in y1], self.hooks.pack, self.hooks.unpack, False)
+        with torch.autograd.graph.saved_tensors_hooks(ledger.keep, ledger.kept), self._replaying(middle):
+            s2 = problem.second_half(n, y1)
+            with torch.no_grad():
+                z = self._requiring(problem.undo_z(z1, y1, s2), self._half_flags(n, z=True))
+            ledger.add_copies(self._copies(n, z))
+            problem.couple_z(z, y1, s2)
+        self._finish(n, z, len(z), 2 * len(z))
+        return _detached(z)
+
+    def _record_first_half(self, n: int, y1: State, z: State) -> State:
+        """Segment 2n recorded; returns y_n."""
+        problem: ReversibleProblem = self.problem
+        ledger = self.ledger
+        z = self._requiring(z, self._half_flags(n, z=True))
+        start, _ = self.halves[n]
+        ledger.begin_record(2 * n, self._copies(n, z), self.hooks.pack, self.hooks.unpack, False)
+        with torch.autograd.graph.saved_tensors_hooks(ledger.keep, ledger.kept), self._replaying(start):
+            s1 = self._base_step(n, z)
+            with torch.no_grad():
+                y = self._requiring(problem.undo_y(y1, s1, z), self._half_flags(n, z=False))
+            ledger.add_copies(self._copies(n, y))
+            problem.couple_y(s1, y, z)
+        self._finish(n, y, 0, len(y))
+        return _detached(y)
+
+    def _base_step(self, n: int, z: State) -> State:
+        return self.problem.base.step_at(self.problem.time(n), self.problem.base.h, z)
+
+    def _half_flags(self, n: int, z: bool) -> tuple[bool, ...]:
+        flags = self.flags[n]
+        half = len(flags) // 2
+        return flags[half:] if z else flags[:half]
+
+    def _copies(self, n: int, half: State) -> list[tuple[Tensor, Tensor | None]]:
+        """The solve's input stands behind both halves of the pair at step 0."""
+        inputs = self.inputs_seen[0][:len(half)] if n == 0 else (None,) * len(half)
+        return list(zip(half, inputs))
+
+    def _finish(self, n: int, half: State, first: int, stop: int) -> None:
+        differs = self.ledger.finish_record()
+        if differs:
+            raise RuntimeError(NOT_REPEATED_MESSAGE.format(mode=self.mode, what=differs))
+        self._check(n, half, first, stop)
 
     @contextlib.contextmanager
     def _replaying(self, half: _Replay) -> Iterator[None]:
@@ -193,71 +287,15 @@ class ReconstructingSolve(CheckpointedSolve):
                 self.forward_state.autocast(), hooks_registered_in_body_removed(), torch.enable_grad():
             yield
 
-    def _requiring(self, state: State, flags: tuple[bool, ...]) -> State:
+    @staticmethod
+    def _requiring(state: State, flags: tuple[bool, ...]) -> State:
         return tuple(s.detach().requires_grad_(r) for s, r in zip(state, flags))
 
-    def _flags(self, position: int) -> tuple[bool, ...]:
-        return self.final_requires if position == self.problem.steps else self.requires[position]
-
-    def _step_back(self, n: int, pair1: State) -> State:
-        """The pair at step n from the pair at n + 1, not recorded (with grad enabled and
-        the forward's requires_grad flags, as the forward evaluated func)."""
-        problem: ReversibleProblem = self.problem
-        start, middle = self.halves[n]
-        half = len(pair1) // 2
-        y1, z1 = problem.split(self._requiring(pair1, self._flags(n + 1)))
-        with self._replaying(middle):
-            s2 = self._second_half(n, y1)
-        with torch.no_grad():
-            z = problem.undo_z(z1, y1, s2)
-        with self._replaying(start):
-            s1 = problem.base.step_at(problem.time(n), problem.base.h,
-                                      self._requiring(z, self.requires[n][half:]))
-        with torch.no_grad():
-            pair = (*problem.undo_y(y1, s1, z), *z)
-        self._check(n, pair)
-        return pair
-
-    def _record_back(self, n: int, pair1: State) -> _Position:
-        """Step n recorded by reconstruction (module docstring): the ledger keeps what
-        its parts save, each where the forward saved it."""
-        problem: ReversibleProblem = self.problem
-        ledger, base = self.ledger, problem.base
-        start, middle = self.halves[n]
-        after_s1, after_y, after_s2 = self.marks[n]
-        half = len(pair1) // 2
-        flags = self.requires[n]
-        inputs = self.inputs_seen[n]
-        y1, z1 = problem.split(self._requiring(pair1, self._flags(n + 1)))
-        ledger.begin_record(n, [(t, None) for t in y1], self.hooks.pack, self.hooks.unpack, False)
-        with torch.autograd.graph.saved_tensors_hooks(ledger.keep, ledger.kept):
-            ledger.seek(after_y)
-            with self._replaying(middle):
-                s2 = self._second_half(n, y1)
-            with torch.no_grad():
-                z = self._requiring(problem.undo_z(z1, y1, s2), flags[half:])
-            ledger.add_copies(list(zip(z, inputs[half:])))
-            ledger.seek(0)
-            with self._replaying(start):
-                s1 = base.step_at(problem.time(n), base.h, z)
-            with torch.no_grad():
-                y = self._requiring(problem.undo_y(y1, s1, z), flags[:half])
-            ledger.add_copies(list(zip(y, inputs[:half])))
-            with self._replaying(start):
-                ledger.seek(after_s1)
-                problem.couple_y(s1, y, z)
-                ledger.seek(after_s2)
-                problem.couple_z(z, y1, s2)
-        pair = _detached((*y, *z))
-        differs = ledger.finish_record()
-        if differs:
-            raise RuntimeError(NOT_REPEATED_MESSAGE.format(mode=self.mode, what=differs))
-        self._check(n, pair)
-        return _Position(pair, None, None, self.hooks)
-
-    def _check(self, n: int, pair: State) -> None:
-        rtol = self.rtol if self.rtol is not None else default_rtol(pair[0].dtype)
-        what = reconstruction_error(self.fingerprints[n - 1], fingerprint(pair), self.numel, rtol)
+    def _check(self, n: int, tensors: State, first: int, stop: int) -> None:
+        """Compare reconstructed tensors with rows first..stop of the forward's
+        fingerprint of the pair at step n."""
+        rtol = self.rtol if self.rtol is not None else default_rtol(tensors[0].dtype)
+        what = reconstruction_error(self.prints[n][first:stop], fingerprint(tensors), self.numel[first:stop], rtol)
         if what:
             raise RuntimeError(RECONSTRUCTION_MESSAGE.format(step=n, steps=self.problem.steps, rtol=rtol, what=what))
 

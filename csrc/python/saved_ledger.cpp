@@ -20,17 +20,14 @@
 // strided data (nested tensors, tensor subclasses, functorch wrappers) have neither their
 // shape checked nor a sample taken.
 //
-// A recompute may record a segment's parts out of order (grad='reversible' reconstructs a
-// step's second half before its first): `seek` moves the slot the next saved tensor fills.
-// Such a recompute starts from states reconstructed to rounding, not repeated bit for bit,
-// so it is recorded as inexact: its samples are not compared (its caller compares the
-// reconstructed states to a tolerance instead).
+// grad='reversible' records segments from states reconstructed to rounding rather than
+// repeated bit for bit: such a recompute is inexact, and its samples are not compared (its
+// caller compares the reconstructed states to a tolerance instead).
 
 #include <c10/util/SmallVector.h>
 #include <torch/csrc/autograd/grad_mode.h>
 #include <torch/csrc/autograd/python_variable.h>
 
-#include <algorithm>
 #include <cstring>
 #include <optional>
 #include <sstream>
@@ -115,12 +112,11 @@ struct Segment {
   std::vector<at::Tensor> live;  // the forward's tensors, while the segment's forward runs
   bool running = false;
   // The latest recompute, one slot per saved tensor: the tensors (or, with the caller's
-  // hooks, what they made of them), their versions when saved, which slots were filled,
-  // and how many tensors autograd has not taken yet.
+  // hooks, what they made of them), their versions when saved, and how many tensors
+  // autograd has not taken yet.
   std::vector<at::Tensor> tensors;
   std::vector<py::object> packed;
   std::vector<uint32_t> versions;
-  std::vector<bool> filled;
   std::vector<bool> taken;
   bool caller_hooks = false;
   size_t left = 0;
@@ -235,8 +231,7 @@ class SavedLedger {
       s.packed.assign(slots, py::object());
     }
     s.versions.assign(slots, 0);
-    s.filled.assign(slots, false);
-    cursor_ = 0;
+    saved_ = 0;
     exact_ = exact;
     recording_ = segment;
     keep_ = std::move(pack);
@@ -256,35 +251,15 @@ class SavedLedger {
     }
   }
 
-  // The number of tensors segment `segment` has saved so far in the forward: where a
-  // part of it starts, for `seek`.
-  int64_t saved_count(int64_t segment) const {
-    return static_cast<int64_t>(segments_.at(segment).meta.size());
-  }
-
-  // The slot the next tensor the recompute saves fills.
-  void seek(int64_t index) {
-    const Segment& s = segments_.at(recording_);
-    if (index < 0 || static_cast<size_t>(index) > s.meta.size()) {
-      throw std::out_of_range("SavedLedger.seek: slot " + std::to_string(index) + " outside 0.." +
-                              std::to_string(s.meta.size()));
-    }
-    cursor_ = static_cast<size_t>(index);
-  }
-
   int64_t keep(const at::Tensor& t) {
     Segment& s = segments_.at(recording_);
-    const size_t index = cursor_++;
+    const size_t index = saved_++;
     if (index >= s.tensors.size()) {  // more than the forward saved: reported by finish_record
       s.tensors.resize(index + 1);
       s.versions.resize(index + 1);
-      s.filled.resize(index + 1, false);
       if (s.caller_hooks) {
         s.packed.resize(index + 1);
       }
-    }
-    if (s.filled[index] && mismatch_.empty()) {
-      mismatch_ = "saved tensor " + std::to_string(index) + " was saved twice in the recompute";
     }
     compare(s, index, t);
     if (!s.caller_hooks) {
@@ -297,7 +272,6 @@ class SavedLedger {
       s.packed[index] = keep_(py::reinterpret_steal<py::object>(THPVariable_Wrap(t)));
     }
     s.versions[index] = t._version();
-    s.filled[index] = true;
     return static_cast<int64_t>(index);
   }
 
@@ -314,9 +288,8 @@ class SavedLedger {
     if (mismatch_.empty()) {
       compare_device_samples();
     }
-    const size_t saved = static_cast<size_t>(std::count(s.filled.begin(), s.filled.end(), true));
-    if (mismatch_.empty() && (saved != s.meta.size() || s.filled.size() != s.meta.size())) {
-      mismatch_ = "func saved " + std::to_string(saved) + " tensors for backward, against " +
+    if (mismatch_.empty() && saved_ != s.meta.size()) {
+      mismatch_ = "func saved " + std::to_string(saved_) + " tensors for backward, against " +
                   std::to_string(s.meta.size()) + " in the forward";
     }
     if (!mismatch_.empty()) {
@@ -369,7 +342,6 @@ class SavedLedger {
     s.tensors.clear();
     s.packed.clear();
     s.versions.clear();
-    s.filled.clear();
     s.taken.clear();
     s.left = 0;
     s.recorded = false;
@@ -481,7 +453,7 @@ class SavedLedger {
   std::vector<Segment> segments_;
   int64_t current_ = 0;
   int64_t recording_ = 0;
-  size_t cursor_ = 0;
+  size_t saved_ = 0;  // tensors the recording has saved so far
   bool exact_ = true;
   py::object keep_ = py::none();
   py::object restore_ = py::none();
@@ -506,8 +478,6 @@ void bind_saved_ledger(py::module_& m) {
       .def("unpack", &SavedLedger::unpack)
       .def("begin_record", &SavedLedger::begin_record)
       .def("add_copies", &SavedLedger::add_copies)
-      .def("saved_count", &SavedLedger::saved_count)
-      .def("seek", &SavedLedger::seek)
       .def("keep", &SavedLedger::keep)
       .def("kept", &SavedLedger::kept)
       .def("finish_record", &SavedLedger::finish_record)
