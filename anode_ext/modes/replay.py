@@ -90,10 +90,20 @@ class BackendFlags:
         cuda.matmul.allow_tf32 = self.matmul_tf32
         torch.use_deterministic_algorithms(self.deterministic[0], warn_only=self.deterministic[1])
 
+    def _values(self) -> tuple:
+        return self.mkldnn, self.cudnn, self.sdp, self.matmul_tf32, self.deterministic
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BackendFlags) and self._values() == other._values()
+
     @contextlib.contextmanager
     def replayed(self) -> Iterator[None]:
-        """Run the body with these switches, then put back the caller's."""
+        """Run the body with these switches, then put back the caller's. Nothing is set
+        when they are the caller's already (setting them costs far more than reading)."""
         caller = BackendFlags()
+        if caller == self:
+            yield
+            return
         self.apply()
         try:
             yield
@@ -149,9 +159,10 @@ class ForwardState:
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.backends.replayed())
             for kind, enabled, dtype in self.autocast_state:
-                stack.enter_context(
-                    torch.autocast(kind, dtype=dtype, enabled=enabled, cache_enabled=self.autocast_cache)
-                )
+                if enabled or torch.is_autocast_enabled(kind):  # else off then and now: nothing to set
+                    stack.enter_context(
+                        torch.autocast(kind, dtype=dtype, enabled=enabled, cache_enabled=self.autocast_cache)
+                    )
             yield
 
 
@@ -244,7 +255,8 @@ class ModuleState:
                     copies[shared] = value.clone()
                 module._buffers[name] = copies[shared]
         for module, training in self.modules.values():
-            module.training = training
+            if module.training != training:  # nn.Module.__setattr__ costs more than the test
+                module.training = training
         try:
             yield
         finally:
@@ -254,7 +266,9 @@ class ModuleState:
             for original, value in before.values():
                 original.data.copy_(value)
             for key, (module, _) in self.modules.items():
-                module.training = modes.get(key, module.training)
+                training = modes.get(key, module.training)
+                if module.training != training:
+                    module.training = training
 
     def restore_initial(self) -> None:
         """Give every noted module back the buffer object it held when noted, with the
