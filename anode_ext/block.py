@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .modes import GradMode, as_grad_mode
 from .odeint import check_steps, check_time, odeint
-from .reversible import Method, Reversible, as_method, base_tableau
+from .reversible import Method, Reversible, as_method, base_tableau, method_label
 from .tableau import Tableau
 
 __all__ = ["FixedStepBlock", "ODEBlock"]
@@ -117,8 +117,7 @@ class ODEBlock(FixedStepBlock):
 def solve_repr(t0: float | Tensor, t1: float | Tensor, steps: int, method: Method, grad: GradMode,
                func: object) -> str:
     """The extra_repr of a block: its times, steps, method, mode and, if not a module, func."""
-    name = f"{method!r}" if isinstance(method, Reversible) else method.name
-    parts = [f"t0={format_time(t0)}", f"t1={format_time(t1)}", f"steps={steps}", f"method={name}",
+    parts = [f"t0={format_time(t0)}", f"t1={format_time(t1)}", f"steps={steps}", f"method={method_label(method)}",
              f"grad={grad!r}"]
     if not isinstance(func, nn.Module):
         parts.append(f"func={getattr(func, '__qualname__', repr(func))}")

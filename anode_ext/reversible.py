@@ -68,7 +68,8 @@ class Reversible:
 
     Attributes:
         tableau: the base Tableau. coupling: lambda, a float.
-        name: ``"reversible_<base name>"``. stages: func evaluations per step (2 s).
+        name: ``"reversible_<base name>"`` (a label; only built-in names are accepted back
+            as a method string). stages: func evaluations per step (2 s).
 
     Raises:
         ValueError: an unknown base method, or a coupling that is not a finite real
@@ -94,7 +95,8 @@ class Reversible:
 
     def __repr__(self) -> str:
         coupling = "" if self.coupling == DEFAULT_COUPLING else f", coupling={self.coupling!r}"
-        return f"Reversible({self.tableau.name!r}{coupling})"
+        base = self.tableau.name if TABLEAUX.get(self.tableau.name) == self.tableau else self.tableau
+        return f"Reversible({base!r}{coupling})"
 
 
 Method = Tableau | Reversible
@@ -123,6 +125,11 @@ def as_method(method: object) -> Method:
             f"unknown method {method!r}; expected one of {', '.join(sorted(TABLEAUX))}, one of them after "
             f"{PREFIX!r}, an anode_ext.Tableau or an anode_ext.Reversible"
         ) from None
+
+
+def method_label(method: Method) -> str:
+    """How a method is shown: a tableau's name, a reversible method's repr."""
+    return repr(method) if isinstance(method, Reversible) else method.name
 
 
 def base_tableau(method: Method) -> Tableau:

@@ -257,3 +257,104 @@ def test_problem_pair_layout():
     assert isinstance(problem, ReversibleProblem) and problem.steps == 2
     a, b = torch.ones(2), torch.zeros(3)
     assert problem.split((a, b, a, b)) == ((a, b), (a, b))
+
+
+def test_a_state_starting_at_zero_is_reconstructed_without_a_false_alarm():
+    def run(grad):
+        torch.manual_seed(0)
+        lin = nn.Linear(3, 3).double()
+        x = torch.zeros(4, 3, dtype=torch.float64, requires_grad=True)
+        odeint(lambda t, y: torch.tanh(lin(y)) + 1.0, x, steps=6, method="reversible_rk4", grad=grad).pow(2).sum().backward()
+        return [x.grad, lin.weight.grad, lin.bias.grad]
+
+    assert_same_gradients(run("reversible"), run("direct"))
+
+
+class Hamiltonian(nn.Module):
+    """dy/dt from the gradient of a learned energy, taken inside func with a hook on an
+    intermediate tensor: func needs grad mode in every evaluation."""
+
+    def __init__(self):
+        super().__init__()
+        self.energy = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1, bias=False)).double()
+        self.hooked = 0
+
+    def forward(self, t, y):
+        with torch.enable_grad():
+            y = y if y.requires_grad else y.detach().requires_grad_(True)
+            h = self.energy(y)
+            h.register_hook(self._count)
+            (dh,) = torch.autograd.grad(h.sum(), y, create_graph=True)
+        return torch.stack([dh[:, 1], -dh[:, 0]], dim=1)
+
+    def _count(self, grad):
+        self.hooked += 1
+        return grad
+
+
+def test_a_func_that_differentiates_inside_itself():
+    def run(grad):
+        torch.manual_seed(0)
+        func = Hamiltonian()
+        x = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+        odeint(func, x, steps=3, method="reversible_midpoint", grad=grad).pow(2).sum().backward()
+        assert func.hooked > 0  # the inner differentiation fires it at each evaluation, recomputed ones too
+        return all_grads(func, x)
+
+    assert_same_gradients(run("reversible"), run("direct"))
+
+
+def test_draws_only_where_z_alone_is_stepped_are_replayed():
+    def run(grad):
+        torch.manual_seed(0)
+        lin = nn.Linear(3, 3).double()
+        x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+        noisy = lambda t, y: torch.tanh(lin(y)) + (0.1 * torch.randn_like(y) if t > 0.99 else 0.0)  # noqa: E731
+        y = odeint(noisy, x, steps=4, method="reversible_euler", grad=grad)
+        torch.rand(3)  # a draw between forward and backward, which the backward must not see
+        y.pow(2).sum().backward()
+        return [x.grad, lin.weight.grad], torch.get_rng_state()
+
+    (got, rng), (expected, expected_rng) = run("reversible"), run("direct")
+    assert_same_gradients(got, expected)
+    assert torch.equal(rng, expected_rng)
+
+
+def test_buffers_that_do_not_change_are_kept_once():
+    import gc
+
+    from anode_ext.modes.reconstruct import ReconstructingSolve
+
+    class WithBuffers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3).double()
+            self.norm = nn.BatchNorm1d(3).double()
+            self.register_buffer("table", torch.ones(256, 256, dtype=torch.float64))
+
+        def forward(self, t, y):
+            return torch.tanh(self.norm(self.lin(y))) * self.table[0, 0]
+
+    func = WithBuffers()
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    y = odeint(func, x, steps=32, method="reversible_euler", grad="reversible")
+    (solve,) = [o for o in gc.get_objects() if type(o) is ReconstructingSolve]
+    copies = {key: {half.buffers[key].data_ptr() for step in solve.halves for half in step}
+              for key in solve.halves[0][0].buffers}
+    sizes = {solve.modules.buffers[key][1]: len(ptrs) for key, ptrs in copies.items()}
+    assert sizes["table"] == 1, "an unchanged buffer is held once"
+    assert sizes["running_mean"] == 64, "BatchNorm's statistics change at every evaluation"
+    y.sum().backward()
+
+
+def test_errors_of_funcs_that_cannot_run_under_the_hooks_and_of_modes_without_grad():
+    x = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    lin = nn.Linear(2, 2).double()
+
+    def with_jacobian(t, y):
+        return torch.func.vmap(torch.func.jacrev(lin))(y).sum(-1)
+
+    with pytest.raises(RuntimeError, match="torch.func transforms .* Use grad='direct'"):
+        odeint(with_jacobian, x, steps=2, method="reversible_euler", grad="reversible")
+    with torch.no_grad(), pytest.raises(ValueError, match="grad='adjoint' solves the continuous adjoint"):
+        odeint(lambda t, y: -y, x, method="reversible_rk4", grad="adjoint")

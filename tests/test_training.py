@@ -1,6 +1,7 @@
 """The training command: exact resume, clean stops, atomic checkpoints, argument errors."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import torch
 pytest.importorskip("tqdm")
 pytest.importorskip("matplotlib")
 
+from anode_ext import Reversible, ReversibleGrad  # noqa: E402
 from anode_ext.data import load_dataset, synthetic_dataset  # noqa: E402
 from anode_ext.training import checkpoint as checkpoint_module  # noqa: E402
 from anode_ext.training.loop import RunConfig, Topology, Trainer  # noqa: E402
@@ -157,6 +159,34 @@ def test_bad_arguments_fail_before_training(tmp_path):
     code, output = run_cli(*TINY_ARGS, "--resume", str(tmp_path / "missing.pt"), "--out", out)
     assert code != 0 and "no such file" in output
     assert not os.path.exists(os.path.join(out, "metrics.jsonl"))
+
+
+def test_reversible_method_options(tmp_path):
+    out = str(tmp_path / "run")
+    for args, message in (
+        (("--method", "reversible_midpoint", "--coupling", "0"), "coupling of a reversible method must be a real number in (0, 1], got 0.0"),
+        (("--method", "reversible_midpoint", "--coupling", "many"), "expected a number in (0, 1], got 'many'"),
+        (("--method", "reversible_rk7",), "invalid choice: 'reversible_rk7'"),
+        (("--method", "midpoint", "--coupling", "0.9"), "--coupling goes with a reversible method such as --method reversible_midpoint"),
+        (("--method", "midpoint", "--grad", "reversible"), "--grad reversible needs a reversible method such as --method reversible_midpoint"),
+        (("--method", "reversible_midpoint", "--grad", "adjoint"), "--grad adjoint does not step a reversible method"),
+        (("--method", "reversible_midpoint", "--grad", "reversible", "--rtol", "0"), "expected a finite number > 0, got 0"),
+        (("--method", "reversible_midpoint", "--grad", "anode", "--rtol", "1e-3"), "takes no option rtol"),
+    ):
+        code, output = run_cli(*TINY_ARGS, *args, "--out", out)
+        assert code != 0 and message in output, output
+    assert not os.path.exists(out)
+    config = RunConfig(**{**TINY, "method": "reversible_midpoint", "coupling": 0.9, "grad": "reversible", "epochs": 1,
+                          "out": str(tmp_path / "in_process")})
+    os.makedirs(config.out)
+    status, trainer = run_trainer(config)
+    assert status == "finished"
+    blocks = [m for m in trainer.model.modules() if hasattr(m, "grad") and hasattr(m, "method")]
+    assert blocks and all(b.method == Reversible("midpoint", coupling=0.9) and b.grad == ReversibleGrad() for b in blocks)
+    (record,) = read_lines(os.path.join(config.out, "metrics.jsonl"))
+    assert math.isfinite(record["train_loss"])
+    with pytest.raises(ValueError, match="a coupling goes with a reversible method such as reversible_midpoint"):
+        replace(config, method="midpoint").solve_method()
 
 
 def test_resume_from_another_model_is_refused(tmp_path):

@@ -54,7 +54,7 @@ class Preset:
     model_steps: tuple[int, ...] = (2, 8)
     model_method: str = "midpoint"
     revolve_steps: tuple[int, ...] = (8, 32, 128)
-    reversibility_steps: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    reversibility_steps: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 128, 512)
     reversibility_scales: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     overhead_calls: int = 2000
     conv_block: dict[str, int] = field(default_factory=lambda: {"channels": 64, "batch": 8, "image_size": 32, "steps": 4})

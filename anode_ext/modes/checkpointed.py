@@ -363,7 +363,12 @@ def solve_checkpointed(problem: Problem, state: State, forward_state: ForwardSta
                        owner: Callable) -> State:
     """Solve `problem` from `state` in mode anode (checkpoints=None) or revolve; `owner`
     is the user's callable, whose modules' state the recompute replays."""
-    solve = CheckpointedSolve(problem, forward_state, checkpoints, owner)
+    return run_forward(CheckpointedSolve(problem, forward_state, checkpoints, owner), state)
+
+
+def run_forward(solve: CheckpointedSolve, state: State) -> State:
+    """Give `solve` its ledger and run its forward from `state`; an error of func under
+    saved-tensor hooks is explained."""
     ledger = _C.SavedLedger(solve._recompute, solve.mode)
     solve._ledger = weakref.ref(ledger)
     try:

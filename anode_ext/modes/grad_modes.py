@@ -61,10 +61,19 @@ class GradMode:
     def solve(self, problem: Problem, state: State, owner: Callable) -> State:
         """Run `problem` from `state` (a tuple of tensors) and return its result, with this
         mode's gradient. `owner` is the user's callable, whose modules a recompute replays.
-        With gradients disabled every mode just runs the steps."""
+        With gradients disabled every mode just runs the steps.
+
+        Raises:
+            ValueError: for a problem the mode cannot differentiate (check_problem), also
+                with gradients disabled, so that a configuration fails where it is made.
+        """
+        self.check_problem(problem)
         if not torch.is_grad_enabled():
             return problem.solve(state)
         return self._solve(problem, state, owner)
+
+    def check_problem(self, problem: Problem | ReversibleProblem) -> None:
+        """Raise a ValueError when this mode cannot differentiate `problem`'s method."""
 
     def _solve(self, problem: Problem, state: State, owner: Callable) -> State:
         raise NotImplementedError(f"{type(self).__name__} is a GradMode without a _solve of its own")
@@ -197,12 +206,14 @@ class Adjoint(GradMode):
                 raise TypeError(f"Adjoint params must hold tensors, got {type(t).__name__}")
         object.__setattr__(self, "params", params)
 
-    def _solve(self, problem: Problem, state: State, owner: Callable) -> State:
+    def check_problem(self, problem: Problem | ReversibleProblem) -> None:
         if isinstance(problem, ReversibleProblem):
             raise ValueError(
                 "grad='adjoint' solves the continuous adjoint ODE, which a reversible method does not step; "
                 "use grad='reversible' (exact, memory constant in the steps) or a method that is not reversible"
             )
+
+    def _solve(self, problem: Problem, state: State, owner: Callable) -> State:
         return _solve_adjoint(problem, state, self.params)
 
     def __repr__(self) -> str:
@@ -232,10 +243,18 @@ class ReversibleGrad(GradMode):
     method to the rounding of the reconstruction. Needs a reversible method
     (``method="reversible_rk4"`` or ``anode_ext.Reversible(...)``).
 
+    The backward checks each reconstructed state against the forward's sum and L2 norm,
+    kept per step: it raises when they differ by more than rtol times the norm of the
+    states the inverse step combined (anode_ext.modes.reconstruct.reconstruction_error).
+    That catches an inverse whose rounding grew too large (a coupling well below 1,
+    expanding dynamics, low precision) and a func that computes differently in backward
+    when the difference moves a state by more than the tolerance. A smaller difference
+    goes unseen, which Anode's bit-for-bit check would refuse: func must compute the same
+    in backward (same rules as Anode's).
+
     Args:
-        rtol: how far (relative L2 error) a reconstructed state may be from the forward's
-            before backward raises instead of returning a gradient computed elsewhere;
-            default sqrt(eps) of the state's dtype. ``float("inf")`` turns the check off.
+        rtol: the tolerance of that check; default sqrt(eps) of the state's dtype
+            (1.5e-8 in float64, 3.5e-4 in float32). ``float("inf")`` turns it off.
 
     Raises:
         ValueError: for an rtol that is not a positive real number, and from a solve
@@ -253,14 +272,13 @@ class ReversibleGrad(GradMode):
                 raise ValueError(f"ReversibleGrad rtol must be a positive real number (or None), got {self.rtol!r}")
             object.__setattr__(self, "rtol", float(self.rtol))
 
-    def solve(self, problem: Problem, state: State, owner: Callable) -> State:
+    def check_problem(self, problem: Problem | ReversibleProblem) -> None:
         if not isinstance(problem, ReversibleProblem):
             raise ValueError(
                 "grad='reversible' needs a reversible method, such as method='reversible_rk4' or "
                 "anode_ext.Reversible('rk4', coupling=0.999); got the method "
                 f"{problem.tableau.name!r}"
             )
-        return super().solve(problem, state, owner)
 
     def _solve(self, problem: ReversibleProblem, state: State, owner: Callable) -> State:
         return _solve_reconstructing(problem, state, owner, self.rtol)

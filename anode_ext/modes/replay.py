@@ -221,6 +221,19 @@ class ModuleState:
         """The current values of every buffer noted so far."""
         return {key: self._current(key).detach().clone() for key in self.buffers}
 
+    def values_since(self, previous: BufferValues | None) -> BufferValues:
+        """values(), but each buffer whose value equals its value in `previous` (bit for
+        bit) shares that copy: a solve that notes the buffers at every step holds one
+        copy of those that do not change."""
+        previous = previous or {}
+        values = {}
+        for key in self.buffers:
+            now, before = self._current(key).detach(), previous.get(key)
+            same = before is not None and before.dtype == now.dtype and before.shape == now.shape and \
+                before.device == now.device and torch.equal(before, now)
+            values[key] = before if same else now.clone()
+        return values
+
     def _current(self, key: BufferKey) -> Tensor:
         module, name = self.buffers[key]
         return module._buffers[name]

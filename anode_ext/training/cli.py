@@ -18,7 +18,7 @@ from ..data import DATASETS, load_dataset
 from ..models.blocks import COUPLED_CHOICES
 from ..modes import GRAD_MODES, grad_mode_named
 from ..rda import REACTIONS
-from ..reversible import DEFAULT_COUPLING, PREFIX, check_coupling
+from ..reversible import DEFAULT_COUPLING, PREFIX, check_coupling, method_label
 from ..tableau import TABLEAUX
 
 METHOD_NAMES = [*sorted(TABLEAUX), *(PREFIX + name for name in sorted(TABLEAUX))]
@@ -99,6 +99,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-budget", type=_non_negative_int, default=None, metavar="BYTES",
                    help="--grad revolve: bytes each block's kept states may take (instead of --checkpoints); "
                    "a budget that holds no state of a block stops the run at its first step")
+    p.add_argument("--rtol", type=_positive_float, default=None,
+                   help="--grad reversible: tolerance of the check of the states computed back "
+                   "(default: sqrt(eps) of the dtype)")
     p.add_argument("--coupled", type=_coupled, default=defaults.coupled,
                    help="ANODEv2: which ODE blocks evolve their weights: none, all, first, last or stages like 2,3")
     p.add_argument("--q", default=defaults.q, choices=["rda"], help="weight dynamics of coupled blocks")
@@ -156,7 +159,8 @@ def build_config(args: argparse.Namespace, num_classes: int, in_channels: int) -
         coupled = [int(part) for part in coupled.split(",")]
     return RunConfig(
         model=args.model, width=args.width, method=args.method, steps=args.steps, grad=args.grad,
-        coupling=args.coupling, checkpoints=args.checkpoints, memory_budget=args.memory_budget, coupled=coupled, q=args.q,
+        coupling=args.coupling, checkpoints=args.checkpoints, memory_budget=args.memory_budget, rtol=args.rtol,
+        coupled=coupled, q=args.q,
         reaction=args.reaction, dataset=args.dataset,
         data_root=args.data_root, num_classes=num_classes, in_channels=in_channels, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
@@ -169,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model not in models.available():
         raise SystemExit(f"anode-train: unknown model {args.model!r}; expected one of {', '.join(models.available())}")
     try:
-        grad_mode_named(args.grad, checkpoints=args.checkpoints, memory_budget=args.memory_budget)
+        grad_mode_named(args.grad, checkpoints=args.checkpoints, memory_budget=args.memory_budget, rtol=args.rtol)
     except ValueError as error:
         raise SystemExit(f"anode-train: --grad {args.grad}: {error}") from None
     reversible = args.method.startswith(PREFIX)
@@ -177,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"anode-train: --coupling goes with a reversible method such as --method {PREFIX}{args.method}")
     if args.grad == "reversible" and not reversible:
         raise SystemExit(f"anode-train: --grad reversible needs a reversible method such as --method {PREFIX}{args.method}")
+    if args.grad == "adjoint" and reversible:
+        raise SystemExit(f"anode-train: --grad adjoint does not step a reversible method; use --grad reversible or "
+                         f"--method {args.method.removeprefix(PREFIX)}")
     if args.coupled != "none" and args.model.endswith("_baseline"):
         raise SystemExit("anode-train: --coupled needs an ODE model; baselines have no ODE blocks")
     resume = None
@@ -209,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 json.dump({**asdict(config), "world_size": topo.world_size, "device": str(topo.device)}, f, indent=2)
             print(
                 f"training {config.model} (x{config.width:g}, {models.parameter_count(trainer.model):,} parameters, "
-                f"{config.method}, Nt={config.steps}, grad={config.grad_mode()!r}, coupled={config.coupled}) on {config.dataset} "
+                f"{method_label(config.solve_method())}, Nt={config.steps}, grad={config.grad_mode()!r}, coupled={config.coupled}) on {config.dataset} "
                 f"({len(data.train_labels)} train / {len(data.test_labels)} test images), {topo.world_size} process(es) "
                 f"on {topo.device}, from epoch {trainer.epoch}",
                 flush=True,

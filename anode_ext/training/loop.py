@@ -41,6 +41,7 @@ class RunConfig:
     grad: str = "anode"
     checkpoints: int | None = None
     memory_budget: int | None = None
+    rtol: float | None = None
     coupled: str = "none"
     q: str = "rda"
     reaction: str = "tanh"
@@ -59,8 +60,9 @@ class RunConfig:
     skip_nonfinite: int = 0
 
     def grad_mode(self) -> GradMode:
-        """The gradient mode that grad, checkpoints and memory_budget spell."""
-        return grad_mode_named(self.grad, checkpoints=self.checkpoints, memory_budget=self.memory_budget)
+        """The gradient mode that grad, checkpoints, memory_budget and rtol spell."""
+        return grad_mode_named(self.grad, checkpoints=self.checkpoints, memory_budget=self.memory_budget,
+                               rtol=self.rtol)
 
     def solve_method(self) -> Tableau | Reversible:
         """The method that method and coupling spell.
