@@ -22,7 +22,13 @@ from .ops import format_rk4_table, rk4_combine_benchmark
 from .overhead import format_overhead, overhead_benchmark
 from .plots import plot_blocks, plot_reversibility
 from .reversibility import format_reversibility, reversibility
-from .reversible_bench import MAX_STEPS_ONE_CHECKPOINT, format_reversible, reversible_benchmark
+from .reversible_bench import (
+    MAX_STEPS_ONE_CHECKPOINT,
+    format_agreement,
+    format_reversible,
+    gradient_agreement,
+    reversible_benchmark,
+)
 from .soak import format_soak, soak
 from .revolve_table import format_revolve_table, revolve_table
 from .solver_costs import (
@@ -63,6 +69,7 @@ class Preset:
     adjoint_error_block: dict[str, int] = field(default_factory=lambda: {"channels": 32, "image_size": 16, "batch": 2})
     soak_steps: int = 10_000
     reversible_steps: tuple[int, ...] = (8, 32, 128)
+    reversible_agreement_steps: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     reversible_blocks: dict[str, dict[str, int]] = field(default_factory=lambda: {
         "mlp": {"dim": 16, "hidden": 64, "batch": 32},
         "resnet": {"channels": 8, "image_size": 8, "batch": 4},
@@ -116,6 +123,7 @@ PRESETS = {
         adjoint_error_block={"channels": 4, "image_size": 8, "batch": 1},
         soak_steps=40,
         reversible_steps=(2, 4),
+        reversible_agreement_steps=(1, 2),
         reversible_blocks={"mlp": {"dim": 4, "hidden": 8, "batch": 2}, "resnet": {"channels": 4, "image_size": 4, "batch": 1}},
     ),
 }
@@ -211,15 +219,21 @@ def reversibility_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str
 
 
 def reversible_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
-    rows = []
+    rows, agreement = [], []
     for kind, size in p.reversible_blocks.items():
         rows += reversible_benchmark(kind, size, p.reversible_steps, p.repeats)
+        agreement += gradient_agreement(kind, size, p.reversible_agreement_steps)
     sizes = "; ".join(f"{kind} {', '.join(f'{k} {v}' for k, v in size.items())}" for kind, size in p.reversible_blocks.items())
     title = (
         f"Reversible solver: training step, peak bytes saved for backward and evaluations against anode and revolve "
         f"(rk4 base, CPU; {sizes}; revolve c=1 only up to Nt={MAX_STEPS_ONE_CHECKPOINT})"
     )
-    return rows, title, format_reversible(rows) + noisy_footnote(r["timing"] for r in rows)
+    table = (
+        format_reversible(rows) + noisy_footnote(r["timing"] for r in rows)
+        + "\n\nGradient of grad='reversible' against grad='direct' on the same reversible method: the largest "
+        "relative error over every base tableau (float64)\n\n" + format_agreement(agreement)
+    )
+    return {"timings": rows, "gradient_agreement": agreement}, title, table
 
 
 def soak_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:

@@ -13,8 +13,11 @@ from torch import Tensor, nn
 from ..models.blocks import ResNetBranch
 from ..modes import GradMode, Revolve
 from ..odeint import odeint
+from ..tableau import TABLEAUX
+from .blocks import block_gradients, gradient_error
 from .funcs import MLP
 from .memory import count_saved_bytes
+from .solvers import Solver
 from .timing import compare_timings, time_cell
 
 # revolve with one checkpoint recomputes Nt (Nt + 1) / 2 steps: beyond this Nt it is not run.
@@ -93,6 +96,33 @@ def reversible_benchmark(kind: str, size: dict[str, int], steps_list: tuple[int,
                 "evaluations": calls, "evaluations_over_anode": calls / anode_calls,
             })
     return rows
+
+
+def gradient_agreement(kind: str, size: dict[str, int], steps_list: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Per Nt: the largest relative gradient error (input and parameters as one vector) of
+    grad='reversible' against grad='direct' on the same reversible method, over every
+    built-in base tableau, in float64 (BatchNorm in training mode)."""
+    func, x = _problem(kind, size)
+    func, x = func.double(), x.detach().double()
+    direct, reversible = Solver("direct", "anode_ext", "direct"), Solver("reversible", "anode_ext", "reversible")
+    rows = []
+    for steps in steps_list:
+        worst = max(
+            gradient_error(block_gradients(func, x, reversible, method, steps), block_gradients(func, x, direct, method, steps))
+            for method in ("reversible_" + name for name in sorted(TABLEAUX))
+        )
+        rows.append({"block": kind, **size, "steps": steps, "worst_relative_gradient_error": worst})
+    return rows
+
+
+def format_agreement(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table: one line per block, one column per Nt."""
+    steps = sorted({r["steps"] for r in rows})
+    lines = ["| block | " + " | ".join(f"Nt={n}" for n in steps) + " |", "|---|" + "---:|" * len(steps)]
+    for kind in dict.fromkeys(r["block"] for r in rows):
+        value = {r["steps"]: r["worst_relative_gradient_error"] for r in rows if r["block"] == kind}
+        lines.append(f"| {kind} | " + " | ".join(f"{value[n]:.1e}" for n in steps) + " |")
+    return "\n".join(lines)
 
 
 def format_reversible(rows: list[dict[str, Any]]) -> str:
