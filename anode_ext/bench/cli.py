@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .._extras import require
 from .blocks import block_benchmark, format_block_rows
 from .coupled_bench import coupled_benchmark, format_coupled
 from .environment import best_device, describe
@@ -70,6 +71,12 @@ class Preset:
     soak_steps: int = 10_000
     reversible_steps: tuple[int, ...] = (8, 32, 128)
     reversible_agreement_steps: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    # The training section on digits: narrower and shorter than the papers, so that its
+    # 108 runs take about 15 minutes on a 2-core CPU. Other datasets train at width 1.0.
+    training_width: float = 0.125
+    training_epochs: int = 4
+    training_seeds: tuple[int, ...] = (0, 1, 2)
+    training_quick: bool = False
     reversible_blocks: dict[str, dict[str, int]] = field(default_factory=lambda: {
         "mlp": {"dim": 16, "hidden": 64, "batch": 32},
         "resnet": {"channels": 8, "image_size": 8, "batch": 4},
@@ -124,6 +131,10 @@ PRESETS = {
         soak_steps=40,
         reversible_steps=(2, 4),
         reversible_agreement_steps=(1, 2),
+        training_width=0.0625,
+        training_epochs=1,
+        training_seeds=(0, 1),
+        training_quick=True,
         reversible_blocks={"mlp": {"dim": 4, "hidden": 8, "batch": 2}, "resnet": {"channels": 4, "image_size": 4, "batch": 1}},
     ),
 }
@@ -236,6 +247,38 @@ def reversible_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, s
     return {"timings": rows, "gradient_agreement": agreement}, title, table
 
 
+def training_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
+    require("train", "anode-bench --sections training")
+    from ..data import load_dataset
+    from ..training.loop import Topology
+    from .plots import plot_training
+    from .training_sweep import PLAIN, SweepRun, format_training, sweep_runs, training_sweep
+
+    try:
+        data = load_dataset(args.dataset, args.data_root)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"anode-bench: dataset {args.dataset}: {error}") from None
+    digits = args.dataset == "digits"
+    width = p.training_width if digits else 1.0
+    epochs = args.epochs or (p.training_epochs if digits else 50)
+    options = {"width": width, "epochs": epochs, "batch_size": 64, "dataset": args.dataset}
+    runs = sweep_runs()
+    if p.training_quick:
+        runs = [SweepRun("resnet", "anode", "euler", 1), SweepRun("resnet", PLAIN)]
+    result = training_sweep(args.out, data, options, p.training_seeds, runs, Topology(device=torch.device(args.device)))
+    if result["stopped"]:
+        raise SystemExit("anode-bench: the training sweep was interrupted; the same command resumes it")
+    plots = plot_training(result["runs"], args.out)
+    title = (
+        f"What the gradient methods do to training: {args.dataset}, width ×{width:g}, {epochs} epochs, batch 64, "
+        f"seeds {', '.join(map(str, p.training_seeds))} (mean ± standard deviation over seeds; plots "
+        f"{', '.join(os.path.basename(x) for x in plots)})"
+        + ("; narrower and shorter than the papers (ODE-SqueezeNext and ODE-ResNet at width 1.0 on CIFAR-10 for "
+           "hundreds of epochs) to fit a 2-core CPU" if digits else "")
+    )
+    return result, title, format_training(result["runs"])
+
+
 def soak_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
     every = max(1, p.soak_steps // 20)
     rows = soak(p.soak_steps, every)
@@ -259,9 +302,10 @@ SECTIONS: dict[str, Section] = {
     "reversibility": reversibility_section,
     "reversible": reversible_section,
     "soak": soak_section,
+    "training": training_section,
 }
-# Run only when named: the soak takes tens of minutes.
-DEFAULT_SECTIONS = [name for name in SECTIONS if name != "soak"]
+# Long runs of their own, asked for by name: the soak test and the training sweep (~15 min).
+DEFAULT_SECTIONS = [name for name in SECTIONS if name not in ("soak", "training")]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -278,8 +322,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sections",
         default=",".join(DEFAULT_SECTIONS),
-        help=f"comma-separated sections, from {', '.join(SECTIONS)} (default: all but soak)",
+        help=f"comma-separated sections, from {', '.join(SECTIONS)} (default: all but soak and training)",
     )
+    parser.add_argument("--dataset", default="digits",
+                        help="the training section's data: digits (bundled) or cifar10 / cifar100 from --data-root")
+    parser.add_argument("--data-root", default="data", help="folder holding the CIFAR archives (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="the training section's epochs per run (default: 4 on digits, 50 otherwise)")
     args = parser.parse_args(argv)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in args.sections if s not in SECTIONS]

@@ -1,4 +1,4 @@
-"""PNG plots of the block benchmark and the reversibility demonstration."""
+"""PNG plots of the block benchmark, the reversibility demonstration and the training sweep."""
 
 from __future__ import annotations
 
@@ -78,3 +78,47 @@ def plot_reversibility(rows: list[dict[str, Any]], out_dir: str) -> str:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def plot_training(summaries: list[dict[str, Any]], out_dir: str) -> list[str]:
+    """Per model, one PNG: test accuracy (top) and train loss (bottom) against epoch, a
+    panel per (method, Nt) with a line per gradient mode, and an ANODEv2 panel (coupled,
+    uncoupled, plain); each line the mean over seeds with a band of one standard deviation."""
+    written = []
+    for model in dict.fromkeys(s["model"] for s in summaries):
+        mine = [s for s in summaries if s["model"] == model]
+        grids = list(dict.fromkeys((s["method"], s["steps"]) for s in mine if s["coupled"] == "none"
+                                   and "plain" not in s["mode"]))
+        panels = [(f"{method}, Nt={steps}", [s for s in mine if (s["method"], s["steps"]) == (method, steps)
+                                              and s["coupled"] == "none" and "plain" not in s["mode"]], "mode")
+                  for method, steps in grids]
+        anodev2 = [s for s in mine if s["coupled"] != "none" or "plain" in s["mode"] or
+                   (s["mode"] == "anode" and (s["method"], s["steps"]) == ("midpoint", 2))]
+        panels.append(("ANODEv2 (midpoint, Nt=2)", anodev2, "label"))
+        fig, axes = plt.subplots(2, len(panels), figsize=(3.6 * len(panels), 6.0), squeeze=False)
+        for column, (title, shown, key) in enumerate(panels):
+            for row, (metric, label, scale) in enumerate((("test_accuracy", "test accuracy (%)", 100.0),
+                                                          ("train_loss", "train loss", 1.0))):
+                ax = axes[row][column]
+                for s in shown:
+                    curve = s["curves"][metric]
+                    if not curve:
+                        continue
+                    epochs = [p["epoch"] for p in curve]
+                    mean = [p["mean"] * scale for p in curve]
+                    std = [p["std"] * scale for p in curve]
+                    name = s[key].replace(f"{model} ", "")
+                    (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=name)
+                    ax.fill_between(epochs, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                                    color=line.get_color(), alpha=0.2)
+                ax.set_xlabel("epoch")
+                ax.set_ylabel(label)
+                if row == 0:
+                    ax.set_title(f"{model}: {title}", fontsize=9)
+                    ax.legend(fontsize=6)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"training_{model}.png")
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from ..modes import grad_mode_named
+from ..modes import GradMode, grad_mode_named
 from ..odeint import odeint
+from ..solver import Problem, State
 
 try:
     import torchdiffeq
@@ -38,11 +40,40 @@ class Solver:
     def integrate(self, func: nn.Module, x: Tensor, method: str, steps: int) -> Tensor:
         if self.library == "anode_ext":
             return odeint(func, x, 0.0, 1.0, steps=steps, method=method, grad=grad_mode_named(self.grad, checkpoints=self.checkpoints))
-        # The adjoint pass solves over the reversed interval: build the grid from t.
-        options = {"grid_constructor": lambda f, y0, t: torch.linspace(t[0], t[-1], steps + 1).to(t)}
-        solve: Callable = torchdiffeq.odeint_adjoint if self.grad == "adjoint" else torchdiffeq.odeint
-        t = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
-        return solve(func, x, t, method=TORCHDIFFEQ_METHODS[method], options=options)[-1]
+        return torchdiffeq_solve(func, x, 0.0, 1.0, method, steps, adjoint=self.grad == "adjoint")
+
+
+def torchdiffeq_solve(func: nn.Module, x: Tensor, t0: float, t1: float, method: str, steps: int,
+                      adjoint: bool) -> Tensor:
+    """y(t1) by torchdiffeq.odeint (or odeint_adjoint) on the grid of `steps` equal steps."""
+    # The adjoint pass solves over the reversed interval: build the grid from t.
+    options = {"grid_constructor": lambda f, y0, t: torch.linspace(t[0], t[-1], steps + 1).to(t)}
+    solve: Callable = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
+    t = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
+    return solve(func, x, t, method=TORCHDIFFEQ_METHODS[method], options=options)[-1]
+
+
+@dataclass(frozen=True, repr=False)
+class TorchdiffeqAdjoint(GradMode):
+    """A block integrated by torchdiffeq.odeint_adjoint on the block's own fixed grid, as a
+    gradient mode (``block.grad = TorchdiffeqAdjoint()``): the baseline the training
+    section compares with. Methods euler, midpoint and rk4 (torchdiffeq's is the 3/8
+    rule); func must be an nn.Module, whose parameters the adjoint differentiates.
+    Without gradients the block runs its own steps, as every mode does."""
+
+    name: ClassVar[str] = "torchdiffeq_adjoint"
+    exact: ClassVar[bool] = False
+
+    def _solve(self, problem: Problem, state: State, owner: Callable) -> State:
+        if torchdiffeq is None:
+            raise RuntimeError("TorchdiffeqAdjoint needs torchdiffeq: pip install torchdiffeq")
+        method = problem.tableau.name
+        if method not in TORCHDIFFEQ_METHODS or not isinstance(owner, nn.Module) or len(state) != 1:
+            raise ValueError(f"TorchdiffeqAdjoint takes a one-tensor state, an nn.Module func and one of "
+                             f"{', '.join(TORCHDIFFEQ_METHODS)}; got {method!r}")
+        t0 = float(problem.t0)
+        return (torchdiffeq_solve(owner, state[0], t0, t0 + problem.steps * float(problem.h), method,
+                                  problem.steps, adjoint=True),)
 
 
 def solvers(revolve_checkpoints: tuple[int, ...] = (1, 2)) -> list[Solver]:
