@@ -5,6 +5,7 @@ import math
 import os
 
 import pytest
+import torch
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
@@ -20,7 +21,7 @@ from anode_ext.bench.training_sweep import (  # noqa: E402
     train_one,
     training_sweep,
 )
-from anode_ext.data import synthetic_dataset  # noqa: E402
+from anode_ext.data import load_dataset, synthetic_dataset  # noqa: E402
 from anode_ext.training.loop import Topology  # noqa: E402
 from anode_ext.training.metrics import read_metrics  # noqa: E402
 
@@ -46,8 +47,8 @@ def test_quick_training_section(tmp_path):
 
 def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
     data = synthetic_dataset(train=64, test=32)
-    options = {"width": 0.0625, "epochs": 1, "batch_size": 32, "dataset": "synthetic"}
-    runs = [SweepRun("resnet", "direct", "euler", 1), SweepRun("resnet", "anode", "euler", 1)]
+    options = {"epochs": 1, "batch_size": 32, "dataset": "synthetic"}
+    runs = [SweepRun("resnet", "direct", "euler", 1, width=0.0625), SweepRun("resnet", "anode", "euler", 1, width=0.0625)]
     calls = []
 
     def stop_at_the_second(run, seed, *args):
@@ -85,3 +86,19 @@ def _has_torchdiffeq():
     except ImportError:
         return False
     return True
+
+
+def test_worker_processes_train_like_one_process(tmp_path):
+    # Workers load the dataset by name (options["dataset"]), with its default sizes.
+    data = load_dataset("synthetic")
+    options = {"epochs": 1, "batch_size": 32, "dataset": "synthetic"}
+    runs = [SweepRun("resnet", "anode", "euler", 1, width=0.0625)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker runs: other thread counts round differently
+    try:
+        one = training_sweep(str(tmp_path / "one"), data, options, (0, 1), runs, Topology(), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    two = training_sweep(str(tmp_path / "two"), data, options, (0, 1), runs, Topology(), progress=False, workers=2)
+    assert two["runs"][0]["complete_seeds"] == 2
+    assert two["runs"][0]["curves"] == one["runs"][0]["curves"]

@@ -73,7 +73,7 @@ class Preset:
     reversible_agreement_steps: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     # The training section on digits: narrower and shorter than the papers, so that its
     # 108 runs take about 15 minutes on a 2-core CPU. Other datasets train at width 1.0.
-    training_width: float = 0.125
+    training_widths: dict[str, float] = field(default_factory=lambda: {"sqnxt": 0.25, "resnet": 0.125})
     training_epochs: int = 4
     training_seeds: tuple[int, ...] = (0, 1, 2)
     training_quick: bool = False
@@ -131,7 +131,7 @@ PRESETS = {
         soak_steps=40,
         reversible_steps=(2, 4),
         reversible_agreement_steps=(1, 2),
-        training_width=0.0625,
+        training_widths={"resnet": 0.0625},
         training_epochs=1,
         training_seeds=(0, 1),
         training_quick=True,
@@ -259,18 +259,25 @@ def training_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"anode-bench: dataset {args.dataset}: {error}") from None
     digits = args.dataset == "digits"
-    width = p.training_width if digits else 1.0
+    widths = p.training_widths if digits else {"sqnxt": 1.0, "resnet": 1.0}
     epochs = args.epochs or (p.training_epochs if digits else 50)
-    options = {"width": width, "epochs": epochs, "batch_size": 64, "dataset": args.dataset}
-    runs = sweep_runs()
+    options = {"epochs": epochs, "batch_size": 64, "dataset": args.dataset}
+    runs = sweep_runs(widths)
     if p.training_quick:
-        runs = [SweepRun("resnet", "anode", "euler", 1), SweepRun("resnet", PLAIN)]
-    result = training_sweep(args.out, data, options, p.training_seeds, runs, Topology(device=torch.device(args.device)))
+        width = widths["resnet"]
+        runs = [SweepRun("resnet", "anode", "euler", 1, width=width), SweepRun("resnet", PLAIN, width=width)]
+    # Two processes of one thread each on the CPU: networks this small keep a core each
+    # busier than two cores together. One process on a GPU.
+    workers = min(2, os.cpu_count() or 1) if args.device == "cpu" and not p.training_quick else 1
+    result = training_sweep(args.out, data, options, p.training_seeds, runs, Topology(device=torch.device(args.device)),
+                            workers=workers, data_root=args.data_root)
     if result["stopped"]:
         raise SystemExit("anode-bench: the training sweep was interrupted; the same command resumes it")
     plots = plot_training(result["runs"], args.out)
     title = (
-        f"What the gradient methods do to training: {args.dataset}, width ×{width:g}, {epochs} epochs, batch 64, "
+        f"What the gradient methods do to training: {args.dataset}, "
+        f"{', '.join(f'{model} width ×{w:g}' for model, w in widths.items())}, {epochs} epochs, batch 64, "
+        f"{workers} run{'s' if workers > 1 else ''} at a time{', one thread each' if workers > 1 else ''}, "
         f"seeds {', '.join(map(str, p.training_seeds))} (mean ± standard deviation over seeds; plots "
         f"{', '.join(os.path.basename(x) for x in plots)})"
         + ("; narrower and shorter than the papers (ODE-SqueezeNext and ODE-ResNet at width 1.0 on CIFAR-10 for "

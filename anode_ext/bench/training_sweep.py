@@ -10,10 +10,12 @@ arguments, skips the finished runs and resumes the interrupted one from its chec
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import io
 import json
 import math
+import multiprocessing
 import os
 import statistics
 from collections.abc import Callable
@@ -26,7 +28,7 @@ from tqdm import tqdm
 
 from .. import models
 from ..block import FixedStepBlock
-from ..data import Dataset
+from ..data import Dataset, load_dataset
 from ..training.checkpoint import load_checkpoint
 from ..training.loop import NonFiniteError, RunConfig, Topology, Trainer
 from ..training.metrics import read_metrics
@@ -46,6 +48,7 @@ class SweepRun:
     method: str = "midpoint"
     steps: int = 2
     coupled: str = "none"
+    width: float = 1.0
 
     @property
     def label(self) -> str:
@@ -56,18 +59,23 @@ class SweepRun:
 
     @property
     def folder(self) -> str:
-        return self.label.replace(" ", "_").replace(",", "").replace("=", "")
+        """Its folder: the label and the width (a sweep at another width starts afresh)."""
+        return f"{self.label} width {self.width:g}".replace(" ", "_").replace(",", "").replace("=", "")
 
 
-def sweep_runs(models: tuple[str, ...] = ("sqnxt", "resnet")) -> list[SweepRun]:
+def sweep_runs(widths: dict[str, float] | None = None) -> list[SweepRun]:
     """ANODE's comparison (direct, anode, adjoint and, when installed, torchdiffeq's adjoint;
     Euler and midpoint; Nt 1 and 2) and ANODEv2's (every block coupled against the same
-    network uncoupled, midpoint, Nt = 2, and the plain residual network), per model."""
+    network uncoupled, midpoint, Nt = 2, and the plain residual network), for each model
+    of `widths` (model -> width multiplier; default sqnxt and resnet at 1.0)."""
+    widths = widths or {"sqnxt": 1.0, "resnet": 1.0}
     modes = ["direct", "anode", "adjoint"] + ([TORCHDIFFEQ_ADJOINT] if torchdiffeq is not None else [])
-    runs = [SweepRun(model, mode, method, steps)
-            for model in models for method in ("euler", "midpoint") for steps in (1, 2) for mode in modes]
-    for model in models:
-        runs += [SweepRun(model, "anode", "midpoint", 2, coupled="all"), SweepRun(model, PLAIN)]
+    runs = [SweepRun(model, mode, method, steps, width=width)
+            for model, width in widths.items() for method in ("euler", "midpoint") for steps in (1, 2)
+            for mode in modes]
+    for model, width in widths.items():
+        runs += [SweepRun(model, "anode", "midpoint", 2, coupled="all", width=width),
+                 SweepRun(model, PLAIN, width=width)]
     return runs
 
 
@@ -75,7 +83,8 @@ def _config(run: SweepRun, seed: int, data: Dataset, options: dict[str, Any], ou
     plain = run.mode == PLAIN
     grad = "direct" if run.mode in (TORCHDIFFEQ_ADJOINT, PLAIN) else run.mode
     return RunConfig(
-        model=f"{run.model}_baseline" if plain else run.model, method=run.method, steps=run.steps, grad=grad,
+        model=f"{run.model}_baseline" if plain else run.model, width=run.width, method=run.method, steps=run.steps,
+        grad=grad,
         coupled=run.coupled, num_classes=data.num_classes, in_channels=data.in_channels, seed=seed, out=out,
         progress=False, **options,
     )
@@ -138,22 +147,49 @@ def train_one(run: SweepRun, seed: int, data: Dataset, options: dict[str, Any], 
         return "diverged"
 
 
+_worker_data: dict[tuple[str, str], Dataset] = {}
+
+
+def _train_in_worker(run: SweepRun, seed: int, dataset: tuple[str, str], options: dict[str, Any], folder: str) -> str:
+    """train_one in a worker process of its own (one thread, the CPU), its data loaded once."""
+    torch.set_num_threads(1)
+    if dataset not in _worker_data:
+        _worker_data[dataset] = load_dataset(*dataset)
+    return train_one(run, seed, _worker_data[dataset], options, folder, Topology())
+
+
 def training_sweep(out: str, data: Dataset, options: dict[str, Any], seeds: tuple[int, ...], runs: list[SweepRun],
-                   topo: Topology, progress: bool = True,
-                   train: Callable[..., str] = train_one) -> dict[str, Any]:
+                   topo: Topology, progress: bool = True, train: Callable[..., str] = train_one,
+                   workers: int = 1, data_root: str = "data") -> dict[str, Any]:
     """Train every run with every seed under `out`/training (skipping finished ones) and
-    summarize. `options` are RunConfig fields shared by all runs (width, epochs,
-    batch_size, lr, dataset). Returns {"runs": [...summaries], "stopped": bool}."""
+    summarize. `options` are RunConfig fields shared by all runs (epochs, batch_size,
+    lr, dataset). With workers > 1 (CPU only) that many processes train one
+    run each at a time, one thread each: small networks use a core each better than two
+    cores together; each loads the dataset options["dataset"] (from data_root) itself,
+    which must be what `data` holds. Returns {"runs": [...summaries], "stopped": bool}."""
     root = os.path.join(out, "training")
-    jobs = [(run, seed) for run in runs for seed in seeds]
+    jobs = [(run, seed, os.path.join(root, run.folder, f"seed{seed}")) for run in runs for seed in seeds]
     stopped = False
     with tqdm(total=len(jobs), desc="training sweep", disable=not progress) as bar:
-        for run, seed in jobs:
-            bar.set_postfix_str(f"{run.label}, seed {seed}")
-            if train(run, seed, data, options, os.path.join(root, run.folder, f"seed{seed}"), topo) == "stopped":
-                stopped = True
-                break
-            bar.update()
+        if workers > 1:
+            context = multiprocessing.get_context("spawn")  # no fork of a process whose threads torch started
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+                pending = [pool.submit(_train_in_worker, run, seed, (options["dataset"], data_root), options, folder)
+                           for run, seed, folder in jobs]
+                try:
+                    for future in concurrent.futures.as_completed(pending):
+                        stopped |= future.result() == "stopped"
+                        bar.update()
+                except KeyboardInterrupt:  # the workers checkpoint and return on the same signal
+                    pool.shutdown(cancel_futures=True)
+                    stopped = True
+        else:
+            for run, seed, folder in jobs:
+                bar.set_postfix_str(f"{run.label}, seed {seed}")
+                if train(run, seed, data, options, folder, topo) == "stopped":
+                    stopped = True
+                    break
+                bar.update()
     summaries = [summarize(run, root, seeds, options["epochs"]) for run in runs]
     for run, summary in zip(runs, summaries):
         summary["saved_peak_bytes"] = saved_peak_bytes(run, data, options, topo.device)
@@ -184,7 +220,7 @@ def summarize(run: SweepRun, root: str, seeds: tuple[int, ...], epochs: int) -> 
         curves[key] = curve
     complete = [records for records in per_seed if len(records) >= epochs]
     summary: dict[str, Any] = {
-        "label": run.label, "model": run.model, "mode": run.mode, "method": run.method, "steps": run.steps,
+        "label": run.label, "model": run.model, "width": run.width, "mode": run.mode, "method": run.method, "steps": run.steps,
         "coupled": run.coupled, "seeds": len(seeds), "complete_seeds": len(complete), "diverged_seeds": diverged,
         "curves": curves,
     }
