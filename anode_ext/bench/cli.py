@@ -72,7 +72,7 @@ class Preset:
     reversible_steps: tuple[int, ...] = (8, 32, 128)
     reversible_agreement_steps: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     # The training section on digits: narrower and shorter than the papers, so that its
-    # 108 runs take about 15 minutes on a 2-core CPU. Other datasets train at width 1.0.
+    # 108 runs take about 17 minutes on a 2-core CPU. Other datasets train at width 1.0.
     training_widths: dict[str, float] = field(default_factory=lambda: {"sqnxt": 0.25, "resnet": 0.125})
     training_epochs: int = 4
     training_seeds: tuple[int, ...] = (0, 1, 2)
@@ -311,7 +311,7 @@ SECTIONS: dict[str, Section] = {
     "soak": soak_section,
     "training": training_section,
 }
-# Long runs of their own, asked for by name: the soak test and the training sweep (~15 min).
+# Long runs of their own, asked for by name: the soak test and the training sweep (~17 min).
 DEFAULT_SECTIONS = [name for name in SECTIONS if name not in ("soak", "training")]
 
 
