@@ -16,7 +16,9 @@ from anode_ext.bench.training_sweep import (  # noqa: E402
     PLAIN,
     TORCHDIFFEQ_ADJOINT,
     SweepRun,
+    epoch_records,
     finite_figures,
+    run_folder,
     sweep_runs,
     train_one,
     training_sweep,
@@ -58,13 +60,27 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
     first = training_sweep(str(tmp_path), data, options, (0,), runs, Topology(), progress=False,
                            train=stop_at_the_second)
     assert first["stopped"] and len(calls) == 2
-    done = os.path.join(str(tmp_path), "training", runs[0].folder, "seed0", "metrics.jsonl")
+    root = os.path.join(str(tmp_path), "training")
+    done = os.path.join(run_folder(root, runs[0], 0, options), "metrics.jsonl")
     before = os.stat(done).st_mtime_ns
     second = training_sweep(str(tmp_path), data, options, (0,), runs, Topology(), progress=False)
     assert not second["stopped"] and os.stat(done).st_mtime_ns == before, "a finished run is not trained again"
-    assert [len(read_metrics(os.path.join(str(tmp_path), "training", r.folder, "seed0", "metrics.jsonl")))
-            for r in runs] == [1, 1]
+    assert [len(read_metrics(os.path.join(run_folder(root, r, 0, options), "metrics.jsonl"))) for r in runs] == [1, 1]
     assert all(s["complete_seeds"] == 1 and math.isfinite(s["final_accuracy"][0]) for s in second["runs"])
+    # Other options are another sweep: nothing of this one is taken for it.
+    longer = {**options, "epochs": 2}
+    assert run_folder(root, runs[0], 0, longer) != run_folder(root, runs[0], 0, options)
+    third = training_sweep(str(tmp_path), data, longer, (0,), runs[:1], Topology(), progress=False)
+    assert [p["epoch"] for p in third["runs"][0]["curves"]["train_loss"]] == [1, 2]
+    assert os.stat(done).st_mtime_ns == before
+
+
+def test_an_epoch_recorded_twice_counts_once(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    lines = [{"epoch": 1, "v": "first"}, {"epoch": 1, "v": "again"}, {"epoch": 2, "v": "x"}, {"epoch": 3, "v": "y"}]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert [r["v"] for r in epoch_records(str(folder), 2)] == ["again", "x"]
 
 
 def test_the_full_sweep_covers_the_papers_comparisons():

@@ -17,6 +17,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,10 +122,24 @@ def saved_peak_bytes(run: SweepRun, data: Dataset, options: dict[str, Any], devi
     return counter.peak
 
 
+def run_folder(root: str, run: SweepRun, seed: int, options: dict[str, Any]) -> str:
+    """A run's folder: it names everything that makes a run, so that a sweep with other
+    options (dataset, epochs, width) starts afresh instead of mixing in runs of this one."""
+    return os.path.join(root, f"{options['dataset']}_{options['epochs']}_epochs", run.folder, f"seed{seed}")
+
+
+def epoch_records(folder: str, epochs: int) -> list[dict[str, Any]]:
+    """The run's per-epoch records, one per epoch (the last written, should a stop between
+    a record and its checkpoint have written one twice), epochs 1..`epochs` in order."""
+    path = os.path.join(folder, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    by_epoch = {r["epoch"]: r for r in read_metrics(path) if 1 <= r["epoch"] <= epochs}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
 def _done(folder: str, epochs: int) -> bool:
-    return os.path.exists(os.path.join(folder, "diverged.json")) or (
-        os.path.exists(os.path.join(folder, "metrics.jsonl")) and len(read_metrics(os.path.join(folder, "metrics.jsonl"))) >= epochs
-    )
+    return os.path.exists(os.path.join(folder, "diverged.json")) or len(epoch_records(folder, epochs)) >= epochs
 
 
 def train_one(run: SweepRun, seed: int, data: Dataset, options: dict[str, Any], folder: str, topo: Topology) -> str:
@@ -158,6 +173,45 @@ def _train_in_worker(run: SweepRun, seed: int, dataset: tuple[str, str], options
     return train_one(run, seed, _worker_data[dataset], options, folder, Topology())
 
 
+def _in_workers(jobs: list[tuple[SweepRun, int, str]], workers: int, dataset: tuple[str, str],
+                options: dict[str, Any], bar: tqdm) -> bool:
+    """Train `jobs` in `workers` processes, at most one job each at a time, so that none
+    starts after a stop. SIGINT (which reaches the workers too) or SIGTERM (which reaches
+    this process alone: it is passed on to them) makes each running job checkpoint and
+    return; the rest are not started. Returns whether it stopped."""
+    context = multiprocessing.get_context("spawn")  # no fork of a process whose threads torch started
+    terminated = []
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    queue, stopped = list(jobs), False
+    try:
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            running: set[concurrent.futures.Future] = set()
+            try:
+                while queue or running:
+                    while queue and len(running) < workers:
+                        run, seed, folder = queue.pop(0)
+                        running.add(pool.submit(_train_in_worker, run, seed, dataset, options, folder))
+                    finished, running = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                    for future in finished:
+                        if future.result() == "stopped":
+                            stopped, queue = True, []
+                        bar.update()
+            except KeyboardInterrupt:
+                stopped, queue = True, []
+                if terminated:  # a SIGINT from the terminal reached the workers already; a second would kill them
+                    for child in multiprocessing.active_children():
+                        os.kill(child.pid, signal.SIGINT)  # their Trainers checkpoint and return
+                concurrent.futures.wait(running)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return stopped
+
+
 def training_sweep(out: str, data: Dataset, options: dict[str, Any], seeds: tuple[int, ...], runs: list[SweepRun],
                    topo: Topology, progress: bool = True, train: Callable[..., str] = train_one,
                    workers: int = 1, data_root: str = "data") -> dict[str, Any]:
@@ -168,21 +222,11 @@ def training_sweep(out: str, data: Dataset, options: dict[str, Any], seeds: tupl
     cores together; each loads the dataset options["dataset"] (from data_root) itself,
     which must be what `data` holds. Returns {"runs": [...summaries], "stopped": bool}."""
     root = os.path.join(out, "training")
-    jobs = [(run, seed, os.path.join(root, run.folder, f"seed{seed}")) for run in runs for seed in seeds]
+    jobs = [(run, seed, run_folder(root, run, seed, options)) for run in runs for seed in seeds]
     stopped = False
     with tqdm(total=len(jobs), desc="training sweep", disable=not progress) as bar:
         if workers > 1:
-            context = multiprocessing.get_context("spawn")  # no fork of a process whose threads torch started
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-                pending = [pool.submit(_train_in_worker, run, seed, (options["dataset"], data_root), options, folder)
-                           for run, seed, folder in jobs]
-                try:
-                    for future in concurrent.futures.as_completed(pending):
-                        stopped |= future.result() == "stopped"
-                        bar.update()
-                except KeyboardInterrupt:  # the workers checkpoint and return on the same signal
-                    pool.shutdown(cancel_futures=True)
-                    stopped = True
+            stopped = _in_workers(jobs, workers, (options["dataset"], data_root), options, bar)
         else:
             for run, seed, folder in jobs:
                 bar.set_postfix_str(f"{run.label}, seed {seed}")
@@ -190,7 +234,8 @@ def training_sweep(out: str, data: Dataset, options: dict[str, Any], seeds: tupl
                     stopped = True
                     break
                 bar.update()
-    summaries = [summarize(run, root, seeds, options["epochs"]) for run in runs]
+    summaries = [summarize(run, [run_folder(root, run, seed, options) for seed in seeds], options["epochs"])
+                 for run in runs]
     for run, summary in zip(runs, summaries):
         summary["saved_peak_bytes"] = saved_peak_bytes(run, data, options, topo.device)
     return {"runs": summaries, "stopped": stopped}
@@ -200,14 +245,13 @@ def _mean_spread(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarize(run: SweepRun, root: str, seeds: tuple[int, ...], epochs: int) -> dict[str, Any]:
-    """Per epoch, the mean and standard deviation over the seeds that reached it of train
-    loss and test accuracy; final and best test accuracy, wall time and peak memory."""
+def summarize(run: SweepRun, folders: list[str], epochs: int) -> dict[str, Any]:
+    """Per epoch, the mean and standard deviation over the seeds (one folder each) that
+    reached it of train loss and test accuracy; final and best test accuracy and training
+    time over the seeds that completed."""
     per_seed, diverged = [], 0
-    for seed in seeds:
-        folder = os.path.join(root, run.folder, f"seed{seed}")
-        metrics = os.path.join(folder, "metrics.jsonl")
-        per_seed.append(read_metrics(metrics) if os.path.exists(metrics) else [])
+    for folder in folders:
+        per_seed.append(epoch_records(folder, epochs))
         diverged += os.path.exists(os.path.join(folder, "diverged.json"))
     curves = {}
     for key in ("train_loss", "test_accuracy"):
@@ -221,7 +265,7 @@ def summarize(run: SweepRun, root: str, seeds: tuple[int, ...], epochs: int) -> 
     complete = [records for records in per_seed if len(records) >= epochs]
     summary: dict[str, Any] = {
         "label": run.label, "model": run.model, "width": run.width, "mode": run.mode, "method": run.method, "steps": run.steps,
-        "coupled": run.coupled, "seeds": len(seeds), "complete_seeds": len(complete), "diverged_seeds": diverged,
+        "coupled": run.coupled, "seeds": len(folders), "complete_seeds": len(complete), "diverged_seeds": diverged,
         "curves": curves,
     }
     if complete:
