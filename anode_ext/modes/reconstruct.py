@@ -178,10 +178,10 @@ class ReconstructingSolve(CheckpointedSolve):
             state = (*y1, *z1)
             if problem.return_all:
                 trajectory.append(state)
-        # A copy: the caller may modify its output in place (an in-place ReLU), which no
-        # saved tensor of the graph forbids.
         self.flags.append(tuple(s.requires_grad for s in state))
         self.prints.append(norms(state))
+        # A copy: the caller may modify its output in place (an in-place ReLU), which no
+        # saved tensor of the graph forbids.
         self.final = self._held(tuple(s.detach().clone() for s in state))
         self.reached = (problem.steps, self.final)
         if problem.return_all:
