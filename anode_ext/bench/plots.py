@@ -19,6 +19,15 @@ _METRICS = {
 _ERROR_FLOOR = 1e-17
 
 
+def _save(fig: plt.Figure, out_dir: str, name: str) -> str:
+    """Lay out, write and close `fig` as out_dir/name; its path."""
+    fig.tight_layout()
+    path = os.path.join(out_dir, name)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def plot_blocks(rows: list[dict[str, Any]], out_dir: str) -> list[str]:
     """One PNG per metric: a panel per (block, method), a line per solver, against Nt."""
     blocks = sorted({r["block"] for r in rows})
@@ -49,11 +58,7 @@ def plot_blocks(rows: list[dict[str, Any]], out_dir: str) -> list[str]:
                 ax.set_xlabel("Nt (steps per block)")
                 ax.set_ylabel(label)
         axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"blocks_{name}.png")
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out_dir, f"blocks_{name}.png"))
     return written
 
 
@@ -73,11 +78,7 @@ def plot_reversibility(rows: list[dict[str, Any]], out_dir: str) -> str:
     ax.set_ylabel("relative error of x reconstructed backwards")
     ax.set_title("ReLU conv block: reversibility")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(out_dir, "reversibility.png")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, out_dir, "reversibility.png")
 
 
 def plot_training(summaries: list[dict[str, Any]], out_dir: str) -> list[str]:
@@ -116,9 +117,5 @@ def plot_training(summaries: list[dict[str, Any]], out_dir: str) -> list[str]:
                 if row == 0:
                     ax.set_title(f"{model}: {title}", fontsize=9)
                     ax.legend(fontsize=6)
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"training_{model}.png")
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out_dir, f"training_{model}.png"))
     return written
