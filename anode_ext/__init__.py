@@ -1,10 +1,12 @@
 """anode_ext: neural-ODE blocks with exact, memory-efficient gradients for PyTorch."""
 
 from . import modes, revolve
+from .adaptive import Adaptive, SolverStats
 from ._library import build_info
 from ._version import __version__
 from .block import ODEBlock
 from .coupled import CoupledODEBlock, evolving_weights
+from .embedded import PAIRS, EmbeddedTableau, get_pair
 from .modes import GRAD_MODES, Adjoint, Anode, Direct, GradMode, ReversibleGrad, Revolve
 from .reversible import Reversible
 from .odeint import odeint
@@ -14,13 +16,17 @@ from .tableau import TABLEAUX, Tableau, get_tableau
 
 __all__ = [
     "GRAD_MODES",
+    "PAIRS",
+    "Adaptive",
     "Adjoint",
     "Anode",
     "CoupledODEBlock",
     "Direct",
+    "EmbeddedTableau",
     "GradMode",
     "ODEBlock",
     "RDA",
+    "SolverStats",
     "Reversible",
     "ReversibleGrad",
     "Revolve",
@@ -29,6 +35,7 @@ __all__ = [
     "__version__",
     "build_info",
     "evolving_weights",
+    "get_pair",
     "get_tableau",
     "modes",
     "odeint",

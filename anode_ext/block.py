@@ -8,7 +8,9 @@ from torch import Tensor, nn
 
 from .modes import GradMode, as_grad_mode
 from .odeint import check_steps, check_time, odeint
-from .reversible import Method, Reversible, as_method, base_tableau, method_label
+from .adaptive import Adaptive
+from .methods import Method, as_method, base_tableau, method_label
+from .reversible import Reversible
 from .tableau import Tableau
 
 __all__ = ["FixedStepBlock", "ODEBlock"]
@@ -111,7 +113,9 @@ class ODEBlock(FixedStepBlock):
         super().__init__(func, t0, t1, steps, method, grad)
 
     def forward(self, x: Tensor) -> Tensor:
-        return odeint(self.func, x, self.t0, self.t1, steps=self.steps, method=self.method, grad=self.grad)
+        adaptive = isinstance(self.method, Adaptive)
+        return odeint(self.func, x, self.t0, self.t1, steps=None if adaptive else self.steps, method=self.method,
+                      grad=self.grad)
 
 
 def solve_repr(t0: float | Tensor, t1: float | Tensor, steps: int, method: Method, grad: GradMode,

@@ -35,7 +35,7 @@ import torch
 from .solver import Problem, State, Time
 from .tableau import TABLEAUX, Tableau, get_tableau
 
-__all__ = ["DEFAULT_COUPLING", "Reversible", "ReversibleProblem", "as_method"]
+__all__ = ["DEFAULT_COUPLING", "Reversible", "ReversibleProblem"]
 
 DEFAULT_COUPLING = 0.999
 """The default coupling lambda: close to 1, so that the inverse's division by lambda
@@ -97,44 +97,6 @@ class Reversible:
         coupling = "" if self.coupling == DEFAULT_COUPLING else f", coupling={self.coupling!r}"
         base = self.tableau.name if TABLEAUX.get(self.tableau.name) == self.tableau else self.tableau
         return f"Reversible({base!r}{coupling})"
-
-
-Method = Tableau | Reversible
-
-
-def as_method(method: object) -> Method:
-    """`method` as a Tableau or a Reversible: a name in TABLEAUX, ``"reversible_<name>"``,
-    a Tableau or a Reversible.
-
-    Raises:
-        ValueError: for anything else, listing the names.
-    """
-    if isinstance(method, Reversible):
-        return method
-    if isinstance(method, str) and method.startswith(PREFIX) and method not in TABLEAUX:
-        base = method[len(PREFIX):]
-        if base not in TABLEAUX:
-            raise ValueError(
-                f"unknown method {method!r}; after {PREFIX!r} expected one of {', '.join(sorted(TABLEAUX))}"
-            )
-        return Reversible(base)
-    try:
-        return get_tableau(method)
-    except ValueError:
-        raise ValueError(
-            f"unknown method {method!r}; expected one of {', '.join(sorted(TABLEAUX))}, one of them after "
-            f"{PREFIX!r}, an anode_ext.Tableau or an anode_ext.Reversible"
-        ) from None
-
-
-def method_label(method: Method) -> str:
-    """How a method is shown: a tableau's name, a reversible method's repr."""
-    return repr(method) if isinstance(method, Reversible) else method.name
-
-
-def base_tableau(method: Method) -> Tableau:
-    """The tableau whose stages a method's steps evaluate."""
-    return method.tableau if isinstance(method, Reversible) else method
 
 
 def _couple(a: State, b: State, c: State, wb: float, wc: float) -> State:

@@ -11,7 +11,8 @@ from ..block import ODEBlock
 from ..coupled import CoupledODEBlock
 from ..modes import GradMode, as_grad_mode
 from ..odeint import check_steps, check_time
-from ..reversible import Reversible, as_method
+from ..methods import as_method
+from ..reversible import Reversible
 from ..tableau import Tableau
 
 COUPLED_CHOICES = ("none", "all", "first", "last")

@@ -17,13 +17,14 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..adaptive import AdaptiveProblem
 from ..reversible import ReversibleProblem
 from ..revolve import _check_budget, _check_checkpoints, checkpoints_for_budget
 from ..solver import Problem, State
 from .adjoint import solve_adjoint
 from .checkpointed import solve_checkpointed
 from .reconstruct import solve_reconstructing
-from .replay import ForwardState
+from .replay import ForwardState, buffers_unchanged
 
 __all__ = [
     "GRAD_MODES", "Adjoint", "Anode", "Direct", "GradMode", "Recompute", "ReversibleGrad", "Revolve", "as_grad_mode",
@@ -109,6 +110,8 @@ class Recompute(GradMode):
         raise NotImplementedError(f"{type(self).__name__} is a Recompute mode without a checkpoints_for of its own")
 
     def _solve(self, problem: Problem, state: State, owner: Callable) -> State:
+        if isinstance(problem, AdaptiveProblem):
+            return _solve_adaptive_recompute(self, problem, state, owner)
         return _solve_recompute(problem, state, self.checkpoints_for(problem, state), owner)
 
 
@@ -116,6 +119,22 @@ class Recompute(GradMode):
 def _solve_recompute(problem: Problem, state: State, checkpoints: int | None, owner: Callable) -> State:
     # Captured before the first evaluation, which the backward replays.
     return solve_checkpointed(problem, state, ForwardState(state), checkpoints, owner)
+
+
+@_outside_compile
+def _solve_adaptive_recompute(mode: Recompute, problem: AdaptiveProblem, state: State, owner: Callable) -> State:
+    """An adaptive solve in a recompute mode, in two passes: the step-size search runs
+    first, its graph dropped step by step and its module buffer updates undone; then the
+    accepted grid is solved in the mode, replaying the search's evaluations (rejected
+    attempts included) from the same random state, so that the result, the buffers and
+    the random state after it are the search's, and the recompute in backward has a
+    fixed number of steps to schedule."""
+    forward_state = ForwardState(state)
+    with buffers_unchanged(), torch.enable_grad():
+        problem.solve(tuple(s.detach().requires_grad_(s.requires_grad) for s in state))
+    logged = problem.logged()
+    with forward_state.rng_replay():
+        return solve_checkpointed(logged, state, forward_state, mode.checkpoints_for(logged, state), owner)
 
 
 @dataclass(frozen=True, repr=False)
@@ -207,6 +226,11 @@ class Adjoint(GradMode):
         object.__setattr__(self, "params", params)
 
     def check_problem(self, problem: Problem | ReversibleProblem) -> None:
+        if isinstance(problem, AdaptiveProblem):
+            raise ValueError(
+                "grad='adjoint' does not run adaptive methods yet; use grad='anode', 'revolve' or 'direct' (exact "
+                "gradients on the accepted steps)"
+            )
         if isinstance(problem, ReversibleProblem):
             raise ValueError(
                 "grad='adjoint' solves the continuous adjoint ODE, which a reversible method does not step; "
@@ -277,7 +301,7 @@ class ReversibleGrad(GradMode):
             raise ValueError(
                 "grad='reversible' needs a reversible method, such as method='reversible_rk4' or "
                 "anode_ext.Reversible('rk4', coupling=0.999); got the method "
-                f"{problem.tableau.name!r}"
+                f"{(problem.method if isinstance(problem, AdaptiveProblem) else problem.tableau).name!r}"
             )
 
     def _solve(self, problem: ReversibleProblem, state: State, owner: Callable) -> State:

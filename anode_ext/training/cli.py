@@ -18,7 +18,8 @@ from ..data import DATASETS, load_dataset
 from ..models.blocks import COUPLED_CHOICES
 from ..modes import GRAD_MODES, grad_mode_named
 from ..rda import REACTIONS
-from ..reversible import DEFAULT_COUPLING, PREFIX, check_coupling, method_label
+from ..methods import method_label
+from ..reversible import DEFAULT_COUPLING, PREFIX, check_coupling
 from ..tableau import TABLEAUX
 
 METHOD_NAMES = [*sorted(TABLEAUX), *(PREFIX + name for name in sorted(TABLEAUX))]

@@ -23,7 +23,8 @@ from tqdm import tqdm
 from .. import models
 from ..data import Dataset, augment, batches
 from ..modes import GradMode, grad_mode_named
-from ..reversible import PREFIX, Reversible, as_method
+from ..methods import as_method
+from ..reversible import PREFIX, Reversible
 from ..tableau import Tableau
 from .checkpoint import save_atomically
 from .metrics import append_metrics, peak_memory_bytes, plot_curves, read_metrics

@@ -1,0 +1,342 @@
+"""Adaptive step sizes: embedded pairs, the step-size controller, output times, and exact
+gradients under the recompute modes."""
+
+import math
+
+import pytest
+import torch
+from odefuncs import all_grads, make_func
+from testing import relative_error
+from torch import nn
+
+from anode_ext import (
+    PAIRS, Adaptive, EmbeddedTableau, ODEBlock, Revolve, SolverStats, Tableau, get_pair, odeint,
+)
+from anode_ext.adaptive import attempt, error_ratio
+from anode_ext.bench.memory import count_saved_bytes
+
+TOLERANCE = 1e-10
+A = torch.tensor([[-0.5, 2.0], [-2.0, -0.5]], dtype=torch.float64)
+Y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
+
+
+def linear(t, y):
+    return y @ A.T
+
+
+def exact(t):
+    return torch.linalg.matrix_exp(A * t) @ Y0
+
+
+def fixed_step_error(tableau, steps, t1=2.0):
+    return float((odeint(linear, Y0, 0.0, t1, steps=steps, method=tableau, grad="direct") - exact(t1)).norm())
+
+
+def observed_order(tableau):
+    return math.log2(fixed_step_error(tableau, 32) / fixed_step_error(tableau, 64))
+
+
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_each_pair_and_its_embedded_method_have_their_orders(name):
+    pair = PAIRS[name]
+    assert observed_order(pair.tableau) == pytest.approx(pair.order, abs=0.3)
+    t = pair.tableau
+    embedded = Tableau(t.a, [b - e for b, e in zip(t.b, pair.error)], t.c)
+    assert observed_order(embedded) == pytest.approx(pair.error_order, abs=0.3)
+
+
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_the_local_error_estimate_has_the_embedded_order(name):
+    # The estimate of one step from y0 shrinks like h^(error_order + 1).
+    pair = PAIRS[name]
+
+    unit = Adaptive(pair, rtol=0.0, atol=1.0)
+
+    def estimate(h):
+        y1, ks = attempt(lambda t, state: (linear(t, state[0]),), pair, 0.0, h, (Y0,), (linear(0.0, Y0),))
+        return error_ratio(pair, unit, h, (Y0,), y1, ks)
+
+    assert math.log2(estimate(0.1) / estimate(0.05)) == pytest.approx(pair.error_order + 1, abs=0.35)
+
+
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_global_error_falls_with_rtol(name):
+    errors = []
+    for rtol in (1e-3, 1e-5, 1e-7, 1e-9):
+        y = odeint(linear, Y0, 0.0, 2.0, method=name, rtol=rtol, atol=rtol * 1e-2)
+        errors.append(float((y - exact(2.0)).norm()))
+    assert errors == sorted(errors, reverse=True), errors
+    assert errors[-1] < 1e-7
+
+
+def test_fsal_pairs_evaluate_stages_minus_one_per_step():
+    for name, pair in PAIRS.items():
+        assert pair.fsal, name
+        stats = SolverStats()
+        odeint(linear, Y0, 0.0, 2.0, method=name, rtol=1e-6, atol=1e-8, stats=stats)
+        assert stats.accepted > 3
+        # func at t0, the initial-step probe, then s - 1 per attempt
+        assert stats.evaluations == 2 + (pair.stages - 1) * (stats.accepted + stats.rejected)
+
+
+def test_a_pair_without_fsal_reuses_func_at_the_step_start_after_a_rejection():
+    heun_euler = EmbeddedTableau([[], [1.0]], [0.5, 0.5], [-0.5, 0.5], order=2, name="heun_euler")
+    assert not heun_euler.fsal
+    stats = SolverStats()
+    y = odeint(linear, Y0, 0.0, 2.0, method=Adaptive(heun_euler, rtol=1e-6, atol=1e-8, first_step=1.0), stats=stats)
+    assert stats.rejected > 0
+    assert float((y - exact(2.0)).norm()) < 1e-4
+    # func at each step start (not at t1), the second stage of every attempt
+    assert stats.evaluations == stats.accepted + (stats.accepted + stats.rejected)
+
+
+def van_der_pol(t, y, mu=10.0):
+    return torch.stack([y[..., 1], mu * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
+
+
+def test_rejected_steps_are_handled_on_a_stiffish_problem():
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    reference = odeint(van_der_pol, y0, 0.0, 10.0, method="dopri5", rtol=1e-12, atol=1e-12)
+    stats = SolverStats()
+    y = odeint(van_der_pol, y0, 0.0, 10.0, method="dopri5", rtol=1e-6, atol=1e-8, stats=stats)
+    assert stats.rejected > 0
+    assert float((y - reference).norm()) < 1e-3
+
+
+@pytest.mark.parametrize("controller", ["pi", "i"])
+def test_both_controllers_meet_the_tolerance(controller):
+    stats = SolverStats()
+    y = odeint(linear, Y0, 0.0, 2.0, method=Adaptive("dopri5", rtol=1e-8, atol=1e-10, controller=controller),
+               stats=stats)
+    assert float((y - exact(2.0)).norm()) < 1e-6
+    assert stats.accepted > 5
+
+
+def test_max_steps_raises_naming_the_time_reached():
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"max_steps=20 .*reached t="):
+        odeint(van_der_pol, y0, 0.0, 6.0, method=Adaptive("dopri5", rtol=1e-8, max_steps=20))
+
+
+def test_a_func_that_returns_nan_ends_in_a_step_size_underflow_error():
+    def blows_up(t, y):
+        return y * float("nan") if t > 0.3 else -y
+
+    with pytest.raises(RuntimeError, match="underflowed at t="):
+        odeint(blows_up, Y0, 0.0, 1.0, method="dopri5")
+
+
+def test_max_sample_norm_takes_smaller_steps_for_one_hard_sample():
+    def scaled(t, y):
+        return y * torch.tensor([[-1.0], [-40.0]] + [[-1.0]] * 30, dtype=y.dtype)
+
+    y0 = torch.ones(32, 1, dtype=torch.float64)
+    counts = {}
+    for norm in ("rms", "max_sample"):
+        stats = SolverStats()
+        odeint(scaled, y0, 0.0, 1.0, method=Adaptive("dopri5", rtol=1e-6, atol=1e-8, norm=norm), stats=stats)
+        counts[norm] = stats.accepted
+    assert counts["max_sample"] > counts["rms"]
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_output_times_in_either_direction(direction):
+    t = torch.tensor([0.0, 0.3, 0.35, 1.2, 2.0], dtype=torch.float64) * direction
+    y = odeint(linear, Y0, t=t, method="dopri5", rtol=1e-9, atol=1e-11)
+    assert y.shape == (5, 2)
+    torch.testing.assert_close(y[0], Y0, rtol=0, atol=0)
+    for i, ti in enumerate(t):
+        assert float((y[i] - exact(float(ti))).norm()) < 1e-7
+
+
+def test_output_times_land_on_each_time_and_continue_the_step_size():
+    stats_one, stats_many = SolverStats(), SolverStats()
+    odeint(linear, Y0, 0.0, 2.0, method="dopri5", rtol=1e-7, stats=stats_one)
+    odeint(linear, Y0, t=torch.linspace(0, 2, 5), method="dopri5", rtol=1e-7, stats=stats_many)
+    # Landing on three more times costs at most a few steps each, and no second probe.
+    assert stats_one.accepted <= stats_many.accepted <= stats_one.accepted + 3 * 3
+    assert stats_many.evaluations == 2 + 6 * (stats_many.accepted + stats_many.rejected)
+
+
+# --- gradients -----------------------------------------------------------------------
+
+def gradients(kind, method, grad, t=None):
+    func, x = make_func(kind)
+    func.train()
+    torch.manual_seed(3)
+    stats = SolverStats()
+    if t is None:
+        y = odeint(func, x, 0.0, 0.8, method=method, grad=grad, stats=stats)
+    else:
+        y = odeint(func, x, t=t, method=method, grad=grad, stats=stats)
+    weight = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+    (y * weight).sum().backward()
+    return y.detach(), all_grads(func, x), [b.clone() for b in func.buffers()], torch.get_rng_state(), stats
+
+
+def assert_same(got, expected):
+    y, grads, buffers, rng, stats = got
+    torch.testing.assert_close(y, expected[0], rtol=0, atol=0)
+    for i, (g, e) in enumerate(zip(grads, expected[1])):
+        assert e.abs().max() > 0, f"gradient {i} of the reference is zero; the test would prove nothing"
+        assert relative_error(g, e) <= TOLERANCE, f"gradient {i}: relative error {relative_error(g, e):.3g}"
+    for b, e in zip(buffers, expected[2]):
+        torch.testing.assert_close(b, e, rtol=0, atol=0)
+    assert torch.equal(rng, expected[3])
+    assert stats == expected[4]
+
+
+MODES = ["anode", Revolve(checkpoints=1), Revolve(checkpoints=3), "revolve"]
+
+
+@pytest.mark.parametrize("grad", MODES, ids=str)
+@pytest.mark.parametrize("name", sorted(PAIRS))
+@pytest.mark.parametrize("kind", ["mlp", "conv_bn"])
+def test_recompute_modes_equal_direct(kind, name, grad):
+    method = Adaptive(name, rtol=1e-5, atol=1e-7)
+    expected = gradients(kind, method, "direct")
+    assert expected[4].accepted > 1
+    assert_same(gradients(kind, method, grad), expected)
+
+
+@pytest.mark.parametrize("grad", MODES, ids=str)
+def test_recompute_modes_equal_direct_with_rejections_and_output_times(grad):
+    # A first step far too large is rejected; output times split the solve.
+    method = Adaptive("dopri5", rtol=1e-6, atol=1e-8, first_step=5.0)
+    t = torch.tensor([0.0, 0.5, 0.6, 1.4])
+    expected = gradients("conv_bn", method, "direct", t)
+    assert expected[4].rejected > 0
+    assert_same(gradients("conv_bn", method, grad, t), expected)
+
+
+class NoisyDropout(nn.Module):
+    """A func that draws random numbers at every evaluation (small enough not to upset the
+    step-size control) and updates BatchNorm statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1).double()
+        self.bn = nn.BatchNorm2d(3).double()
+
+    def forward(self, t, y):
+        return torch.tanh(self.bn(self.conv(y))) + 1e-9 * torch.randn_like(y)
+
+
+@pytest.mark.parametrize("grad", MODES, ids=str)
+def test_random_draws_and_buffers_replay_through_rejected_attempts(grad):
+    def run(mode):
+        torch.manual_seed(0)
+        func = NoisyDropout()
+        x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+        stats = SolverStats()
+        y = odeint(func, x, 0.0, 1.0, method=Adaptive("tsit5", rtol=1e-6, first_step=2.0), grad=mode, stats=stats)
+        y.square().sum().backward()
+        return y.detach(), all_grads(func, x), [b.clone() for b in func.buffers()], torch.get_rng_state(), stats
+
+    expected = run("direct")
+    assert expected[4].rejected > 0
+    assert_same(run(grad), expected)
+
+
+def test_anode_saves_the_same_bytes_whatever_the_number_of_accepted_steps():
+    func, x = make_func("mlp")
+    saved = {}
+    for grad in ("anode", "direct"):
+        for rtol in (1e-3, 1e-9):
+            stats = SolverStats()
+            with count_saved_bytes(exclude=list(func.parameters())) as counter:
+                y = odeint(func, x, 0.0, 1.0, method="dopri5", rtol=rtol, atol=rtol, grad=grad, stats=stats)
+            saved[grad, rtol] = (counter.total, stats.accepted)
+            del y
+    assert saved["anode", 1e-9][1] > 3 * saved["anode", 1e-3][1]
+    assert saved["anode", 1e-9][0] == saved["anode", 1e-3][0]
+    assert saved["direct", 1e-9][0] > 3 * saved["direct", 1e-3][0]
+
+
+def test_odeblock_takes_an_adaptive_method():
+    func, x = make_func("mlp")
+    expected = gradients("mlp", "dopri5", "direct")
+    block = ODEBlock(func, t1=0.8, method=Adaptive("dopri5", rtol=1e-7, atol=1e-9))
+    assert "dopri5" in repr(block)
+    assert block.tableau is PAIRS["dopri5"].tableau
+    torch.manual_seed(3)
+    y = block(x)
+    torch.testing.assert_close(y.detach(), expected[0], rtol=0, atol=0)
+
+
+def test_float32_and_no_grad_solves():
+    func, x = make_func("mlp", dtype=torch.float32)
+    with torch.no_grad():
+        y = odeint(func, x, method="tsit5", rtol=1e-4, atol=1e-6)
+    assert y.dtype == torch.float32 and y.shape == x.shape
+    reference = odeint(func.double(), x.double(), method="tsit5", rtol=1e-10, atol=1e-12)
+    assert float((y.double() - reference).abs().max().detach()) < 1e-3
+
+
+# --- bad input -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options, message", [
+    ({"rtol": -1.0}, "rtol must be"),
+    ({"rtol": float("nan")}, "rtol must be"),
+    ({"rtol": 0.0, "atol": 0.0}, "both zero"),
+    ({"atol": torch.tensor([1e-3, -1e-3])}, "atol must be finite and >= 0"),
+    ({"atol": torch.ones(2, requires_grad=True)}, "does not require grad"),
+    ({"first_step": 0.0}, "first_step must be"),
+    ({"max_steps": 0}, "max_steps must be"),
+    ({"max_steps": True}, "max_steps must be"),
+    ({"controller": "pid"}, "controller must be one of"),
+    ({"safety": 1.5}, "safety must be in"),
+    ({"min_factor": 2.0}, "min_factor < 1 < max_factor"),
+    ({"norm": "max"}, "norm must be one of"),
+])
+def test_bad_options_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        Adaptive("dopri5", **options)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"t": torch.tensor([0.0, 1.0, 0.5])}, "strictly increasing or strictly decreasing"),
+    ({"t": torch.tensor([0.0])}, "at least two times"),
+    ({"t": torch.zeros(2, 2)}, "1-D tensor"),
+    ({"t": torch.tensor([0.0, 1.0], requires_grad=True)}, "requires grad"),
+    ({"t": torch.tensor([0.0, float("inf")])}, "finite"),
+    ({"t": "0, 1"}, "1-D tensor of times"),
+    ({"t": torch.tensor([0.0, 1.0]), "t0": 0.0}, "not both"),
+    ({"steps": 4}, "chooses its own steps"),
+    ({"return_all": True}, "chooses its own steps"),
+    ({"t0": 1.0, "t1": 1.0}, "equal"),
+    ({"t1": torch.tensor(1.0, requires_grad=True)}, "do not require grad"),
+    ({"stats": {}}, "SolverStats"),
+    ({"grad": "adjoint"}, "adjoint"),
+    ({"grad": "reversible"}, "needs a reversible method"),
+])
+def test_bad_solve_arguments_are_refused(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        odeint(linear, Y0, method="dopri5", **kwargs)
+
+
+def test_adaptive_options_with_a_fixed_step_method_are_refused():
+    with pytest.raises(ValueError, match="adaptive method"):
+        odeint(linear, Y0, method="rk4", rtol=1e-3)
+    with pytest.raises(ValueError, match="adaptive method"):
+        odeint(linear, Y0, method="rk4", t=torch.tensor([0.0, 1.0]))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"error": [1.0]}, "one error weight per stage"),
+    ({"error": [0.0, 0.0]}, "every error weight is zero"),
+    ({"error": [0.5, float("nan")]}, "error\\[1\\] must be a finite"),
+    ({"order": 0}, "order must be an integer"),
+    ({"order": 2, "error_order": 3}, "error_order must be in"),
+])
+def test_bad_embedded_tableaux_are_refused(kwargs, message):
+    options = {"a": [[], [1.0]], "b": [0.5, 0.5], "error": [-0.5, 0.5], "order": 2, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        EmbeddedTableau(**options)
+
+
+def test_unknown_pair_names_are_refused():
+    with pytest.raises(ValueError, match="unknown embedded pair"):
+        get_pair("dopri8")
+    with pytest.raises(ValueError, match="dopri5"):
+        odeint(linear, Y0, method="dopri8")
