@@ -353,6 +353,9 @@ def error_ratio(pair: EmbeddedTableau, method: Adaptive, h: float, y: State, y1:
             scaled.append(error.to(torch.promote_types(b.dtype, torch.float32)).div_(_scale(method, a, b)))
         if method.norm == "rms" or scaled[0].dim() == 0:
             return _rms(scaled)
+        if any(s.dim() == 0 or s.shape[0] != scaled[0].shape[0] for s in scaled):
+            raise ValueError("norm='max_sample' needs every tensor of the state to have the batch as its first "
+                             "dimension (a coupled block's weights do not); use norm='rms'")
         per_sample = sum(s.square().reshape(s.shape[0], -1).sum(1, dtype=torch.float64) for s in scaled)
         count = sum(s[0].numel() for s in scaled)
         return math.sqrt(float(per_sample.max()) / max(count, 1))

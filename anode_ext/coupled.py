@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .adaptive import Adaptive
 from .block import FixedStepBlock
 from .modes import GradMode
-from .odeint import fixed_step_problem, odeint, solve_problem
+from .odeint import adaptive_times, fixed_step_problem, odeint, solve_adaptive, solve_problem
 from .rda import MAX_STAGES, RDA, _reaction_code
 from .reversible import Reversible, ReversibleProblem
 from .solver import State, Supplied
@@ -144,6 +145,10 @@ class CoupledODEBlock(FixedStepBlock):
         params = dict(self.func.named_parameters())
         thetas = tuple(params[name] for name in self.weight_names)
         joint = _JointDynamics(self)
+        if isinstance(self.method, Adaptive):
+            # The weights are part of the state the step-size control measures.
+            states = solve_adaptive(self.grad, joint, self.method, adaptive_times(self.t0, self.t1), (x, *thetas), self)
+            return states[-1][0]
         problem = fixed_step_problem(joint, self.t0, self.t1, self.steps, self.method)
         steps = problem.base if isinstance(problem, ReversibleProblem) else problem
         # The fused kernel takes a float step size and at most MAX_STAGES stages; otherwise

@@ -307,3 +307,27 @@ def test_cli_exits_nonzero_on_divergence(tmp_path):
     code, output = run_cli(*TINY_ARGS, "--epochs", "1", "--lr", "1e30", "--out", out)
     assert code == 1 and "non-finite loss or gradient at epoch 1, batch" in output
     assert not os.path.exists(os.path.join(out, "checkpoint.pt"))
+
+
+def test_adaptive_method_options(tmp_path):
+    out = str(tmp_path / "run")
+    for args, message in (
+        (("--method", "dopri5", "--steps", "4"), "--method dopri5 chooses its own steps; drop --steps"),
+        (("--method", "midpoint", "--atol", "1e-3"), "--atol goes with an adaptive method"),
+        (("--method", "dopri5", "--grad", "adjoint"), "--grad adjoint does not run an adaptive method"),
+        (("--method", "dopri5", "--grad", "reversible"), "--grad reversible needs a reversible method"),
+        (("--method", "tsit5", "--atol", "-1"), "expected a finite number > 0, got -1"),
+    ):
+        code, output = run_cli(*TINY_ARGS, *args, "--out", out)
+        assert code != 0 and message in output, output
+    assert not os.path.exists(out)
+    config = RunConfig(**{**TINY, "method": "bosh3", "rtol": 1e-2, "atol": 1e-3, "epochs": 1,
+                          "out": str(tmp_path / "in_process")})
+    os.makedirs(config.out)
+    status, trainer = run_trainer(config)
+    assert status == "finished"
+    blocks = [m for m in trainer.model.modules() if hasattr(m, "grad") and hasattr(m, "method")]
+    assert blocks and all(b.method.name == "bosh3" and b.method.rtol == 1e-2 and b.method.atol == 1e-3 for b in blocks)
+    (record,) = read_lines(os.path.join(config.out, "metrics.jsonl"))
+    assert math.isfinite(record["train_loss"])
+    assert replace(config, rtol=None, atol=None).solve_method().rtol == 1e-3

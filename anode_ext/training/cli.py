@@ -19,12 +19,13 @@ from ..models.blocks import COUPLED_CHOICES
 from ..modes import GRAD_MODES, grad_mode_named
 from ..rda import REACTIONS
 from ..methods import method_label
+from ..embedded import PAIRS
 from ..reversible import DEFAULT_COUPLING, PREFIX, check_coupling
 from ..tableau import TABLEAUX
 
-METHOD_NAMES = [*sorted(TABLEAUX), *(PREFIX + name for name in sorted(TABLEAUX))]
+METHOD_NAMES = [*sorted(TABLEAUX), *(PREFIX + name for name in sorted(TABLEAUX)), *sorted(PAIRS)]
 from .checkpoint import check_same_architecture, load_checkpoint
-from .loop import NonFiniteError, RunConfig, Topology, Trainer
+from .loop import ADAPTIVE_TOLERANCES, NonFiniteError, RunConfig, Topology, Trainer
 
 
 def _int_at_least(minimum: int):
@@ -90,10 +91,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=defaults.model, help=f"one of {', '.join(models.available())} (default: %(default)s)")
     p.add_argument("--width", type=_positive_float, default=defaults.width, help="layer width multiplier (default: %(default)s)")
     p.add_argument("--method", default=defaults.method, choices=METHOD_NAMES,
-                   help="Runge-Kutta method; reversible_<name> is its reversible version (default: %(default)s)")
+                   help="Runge-Kutta method; reversible_<name> is its reversible version; bosh3, dopri5 and tsit5 "
+                   "choose their steps (--rtol, --atol) (default: %(default)s)")
     p.add_argument("--coupling", type=_coupling, default=None,
                    help=f"reversible methods: the coupling lambda in (0, 1] (default: {DEFAULT_COUPLING})")
-    p.add_argument("--steps", type=_positive_int, default=defaults.steps, help="Nt, steps per ODE block (default: %(default)s)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help=f"Nt, steps per ODE block of a fixed-step method (default: {defaults.steps})")
     p.add_argument("--grad", default=defaults.grad, choices=list(GRAD_MODES), help="gradient mode (default: %(default)s)")
     p.add_argument("--checkpoints", type=_positive_int, default=None,
                    help="--grad revolve: states kept per block besides its input (default: ceil(log2 steps))")
@@ -101,8 +104,12 @@ def parser() -> argparse.ArgumentParser:
                    help="--grad revolve: bytes each block's kept states may take (instead of --checkpoints); "
                    "a budget that holds no state of a block stops the run at its first step")
     p.add_argument("--rtol", type=_positive_float, default=None,
-                   help="--grad reversible: tolerance of the check of the states computed back "
-                   "(default: sqrt(eps) of the dtype)")
+                   help="adaptive methods: the relative tolerance of the step-size control (default: "
+                   f"{ADAPTIVE_TOLERANCES[0]:g}); --grad reversible: the tolerance of the check of the states computed "
+                   "back (default: sqrt(eps) of the dtype)")
+    p.add_argument("--atol", type=_positive_float, default=None,
+                   help=f"adaptive methods: the absolute tolerance of the step-size control (default: "
+                   f"{ADAPTIVE_TOLERANCES[1]:g})")
     p.add_argument("--coupled", type=_coupled, default=defaults.coupled,
                    help="ANODEv2: which ODE blocks evolve their weights: none, all, first, last or stages like 2,3")
     p.add_argument("--q", default=defaults.q, choices=["rda"], help="weight dynamics of coupled blocks")
@@ -159,8 +166,9 @@ def build_config(args: argparse.Namespace, num_classes: int, in_channels: int) -
     if coupled not in COUPLED_CHOICES:
         coupled = [int(part) for part in coupled.split(",")]
     return RunConfig(
-        model=args.model, width=args.width, method=args.method, steps=args.steps, grad=args.grad,
-        coupling=args.coupling, checkpoints=args.checkpoints, memory_budget=args.memory_budget, rtol=args.rtol,
+        model=args.model, width=args.width, method=args.method, steps=RunConfig.steps if args.steps is None else args.steps,
+        grad=args.grad, coupling=args.coupling, checkpoints=args.checkpoints, memory_budget=args.memory_budget,
+        rtol=args.rtol, atol=args.atol,
         coupled=coupled, q=args.q,
         reaction=args.reaction, dataset=args.dataset,
         data_root=args.data_root, num_classes=num_classes, in_channels=in_channels, epochs=args.epochs,
@@ -173,10 +181,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.model not in models.available():
         raise SystemExit(f"anode-train: unknown model {args.model!r}; expected one of {', '.join(models.available())}")
+    adaptive = args.method in PAIRS
+    check_rtol = args.rtol if not adaptive else None
     try:
-        grad_mode_named(args.grad, checkpoints=args.checkpoints, memory_budget=args.memory_budget, rtol=args.rtol)
+        grad_mode_named(args.grad, checkpoints=args.checkpoints, memory_budget=args.memory_budget, rtol=check_rtol)
     except ValueError as error:
         raise SystemExit(f"anode-train: --grad {args.grad}: {error}") from None
+    if adaptive and args.steps is not None:
+        raise SystemExit(f"anode-train: --method {args.method} chooses its own steps; drop --steps (or give --rtol/--atol)")
+    if args.atol is not None and not adaptive:
+        raise SystemExit(f"anode-train: --atol goes with an adaptive method ({', '.join(sorted(PAIRS))})")
+    if adaptive and args.grad == "adjoint":
+        raise SystemExit("anode-train: --grad adjoint does not run an adaptive method; use --grad anode or revolve")
     reversible = args.method.startswith(PREFIX)
     if args.coupling is not None and not reversible:
         raise SystemExit(f"anode-train: --coupling goes with a reversible method such as --method {PREFIX}{args.method}")
@@ -217,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                 json.dump({**asdict(config), "world_size": topo.world_size, "device": str(topo.device)}, f, indent=2)
             print(
                 f"training {config.model} (x{config.width:g}, {models.parameter_count(trainer.model):,} parameters, "
-                f"{method_label(config.solve_method())}, Nt={config.steps}, grad={config.grad_mode()!r}, coupled={config.coupled}) on {config.dataset} "
+                f"{method_label(config.solve_method())}, Nt={'adaptive' if config.method in PAIRS else config.steps}, grad={config.grad_mode()!r}, coupled={config.coupled}) on {config.dataset} "
                 f"({len(data.train_labels)} train / {len(data.test_labels)} test images), {topo.world_size} process(es) "
                 f"on {topo.device}, from epoch {trainer.epoch}",
                 flush=True,

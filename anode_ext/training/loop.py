@@ -23,11 +23,19 @@ from tqdm import tqdm
 from .. import models
 from ..data import Dataset, augment, batches
 from ..modes import GradMode, grad_mode_named
+from ..adaptive import Adaptive
+from ..embedded import PAIRS
 from ..methods import as_method
 from ..reversible import PREFIX, Reversible
 from ..tableau import Tableau
 from .checkpoint import save_atomically
 from .metrics import append_metrics, peak_memory_bytes, plot_curves, read_metrics
+
+
+ADAPTIVE_TOLERANCES = (1e-3, 1e-4)
+"""rtol and atol of an adaptive method in training, unless given: tolerances a float32
+network's solve can meet in few steps (torchdiffeq's defaults, 1e-7 and 1e-9, are below
+float32's rounding)."""
 
 
 @dataclass
@@ -43,6 +51,7 @@ class RunConfig:
     checkpoints: int | None = None
     memory_budget: int | None = None
     rtol: float | None = None
+    atol: float | None = None
     coupled: str = "none"
     q: str = "rda"
     reaction: str = "tanh"
@@ -61,18 +70,23 @@ class RunConfig:
     skip_nonfinite: int = 0
 
     def grad_mode(self) -> GradMode:
-        """The gradient mode that grad, checkpoints, memory_budget and rtol spell."""
-        return grad_mode_named(self.grad, checkpoints=self.checkpoints, memory_budget=self.memory_budget,
-                               rtol=self.rtol)
+        """The gradient mode that grad, checkpoints, memory_budget and (for grad
+        reversible with a method that is not adaptive) rtol spell."""
+        rtol = None if self.method in PAIRS else self.rtol
+        return grad_mode_named(self.grad, checkpoints=self.checkpoints, memory_budget=self.memory_budget, rtol=rtol)
 
-    def solve_method(self) -> Tableau | Reversible:
-        """The method that method and coupling spell.
+    def solve_method(self) -> Tableau | Reversible | Adaptive:
+        """The method that method, coupling and (adaptive methods) rtol and atol spell.
 
         Raises:
-            ValueError: for an unknown method, or a coupling given with a method that is
-                not reversible.
+            ValueError: for an unknown method, a coupling given with a method that is not
+                reversible, or tolerances that Adaptive refuses.
         """
         method = as_method(self.method)
+        if isinstance(method, Adaptive):
+            rtol, atol = (default if value is None else value
+                          for value, default in zip((self.rtol, self.atol), ADAPTIVE_TOLERANCES))
+            return Adaptive(method.pair, rtol=rtol, atol=atol)
         if self.coupling is None:
             return method
         if not isinstance(method, Reversible):
