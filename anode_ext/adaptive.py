@@ -36,6 +36,7 @@ __all__ = ["Adaptive", "AdaptiveProblem", "LoggedProblem", "SolverStats"]
 _rk_combine = torch.ops.anode_ext.rk_combine.default
 
 NORMS = ("rms", "max_sample")
+OPTIONS = ("rtol", "atol", "first_step", "max_steps", "controller", "safety", "min_factor", "max_factor", "norm")
 CONTROLLERS = ("pi", "i")
 
 
@@ -132,6 +133,14 @@ class Adaptive:
     @property
     def stages(self) -> int:
         return self.pair.stages
+
+    def with_options(self, **changes: object) -> Adaptive:
+        """This method with the options in `changes` replaced (checked as by the constructor)."""
+        options = {name: getattr(self, name) for name in OPTIONS}
+        unknown = sorted(set(changes) - set(options))
+        if unknown:
+            raise ValueError(f"Adaptive has no option {', '.join(unknown)}; it has {', '.join(OPTIONS)}")
+        return Adaptive(self.pair, **{**options, **changes})
 
     @property
     def exponents(self) -> tuple[float, float]:

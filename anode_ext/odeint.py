@@ -132,10 +132,7 @@ def with_tolerances(method: Method, rtol: object, atol: object) -> Method:
         return method
     if not isinstance(method, Adaptive):
         raise ValueError(f"rtol and atol go with an adaptive method (dopri5, tsit5, bosh3); got {method.name!r}")
-    options = {name: getattr(method, name) for name in ("rtol", "atol", "first_step", "max_steps", "controller",
-                                                          "safety", "min_factor", "max_factor", "norm")}
-    options.update({k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None})
-    return Adaptive(method.pair, **options)
+    return method.with_options(**{k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None})
 
 
 class _OnTensor:

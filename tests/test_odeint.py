@@ -68,7 +68,7 @@ def test_no_graph_without_grad_mode():
             assert not odeint(func, x, steps=2, method=method_for(grad, "rk4"), grad=grad).requires_grad
 
 
-@pytest.mark.parametrize("steps", [0, -1, 1.5, True, "2", None])
+@pytest.mark.parametrize("steps", [0, -1, 1.5, True, "2"])
 def test_bad_steps(steps):
     func, x = make_func("mlp")
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):
@@ -80,7 +80,10 @@ def test_entry_points_share_names_defaults_and_keyword_only_options():
     shared = ("t0", "t1", "steps", "method", "grad")
     signatures = [inspect.signature(f).parameters for f in entry_points]
     for name in shared:
-        assert len({params[name].default for params in signatures}) == 1, name
+        assert len({params[name].default for params in signatures[1:]}) == 1, name
+        # odeint's None for t0, t1 and steps stands for the blocks' defaults (0, 1 and 1),
+        # so that its t= (output times) and an adaptive method can tell them apart from given ones.
+        assert signatures[0][name].default in (None, signatures[1][name].default), name
     for params in signatures[1:]:
         assert all(params[name].kind is inspect.Parameter.KEYWORD_ONLY for name in shared)
     # odeint alone takes the times positionally, after func and y0, as torchdiffeq does.
@@ -112,8 +115,8 @@ def test_unknown_grad_lists_modes():
 
 def test_unknown_method():
     func, x = make_func("mlp")
-    with pytest.raises(ValueError, match="unknown method 'dopri5'"):
-        odeint(func, x, steps=1, method="dopri5")
+    with pytest.raises(ValueError, match="unknown method 'dopri8'"):
+        odeint(func, x, steps=1, method="dopri8")
 
 
 @pytest.mark.parametrize("t0, t1", [(float("nan"), 1.0), (0.0, float("inf")), ("0", 1.0)])

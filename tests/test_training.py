@@ -314,7 +314,6 @@ def test_adaptive_method_options(tmp_path):
     for args, message in (
         (("--method", "dopri5", "--steps", "4"), "--method dopri5 chooses its own steps; drop --steps"),
         (("--method", "midpoint", "--atol", "1e-3"), "--atol goes with an adaptive method"),
-        (("--method", "dopri5", "--grad", "adjoint"), "--grad adjoint does not run an adaptive method"),
         (("--method", "dopri5", "--grad", "reversible"), "--grad reversible needs a reversible method"),
         (("--method", "tsit5", "--atol", "-1"), "expected a finite number > 0, got -1"),
     ):

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..adaptive import AdaptiveProblem
 from ..solver import Problem, State, checked_derivative
 from .checkpointed import refuse_double_backward
 from .replay import ForwardState, buffers_unchanged
@@ -137,6 +138,34 @@ def solve_adjoint(problem: Problem, state: State, forward_state: ForwardState, n
     return AdjointFunction.apply(problem, forward_state, outputs, len(state), *state, *params)
 
 
+class _FinalStateOnly:
+    """An adaptive problem seen as a map from y to y(t1): the adjoint differentiates the
+    continuous solution, so an FSAL pair's carried derivative k enters as a constant and
+    leaves without a gradient (kept in `k_final`)."""
+
+    def __init__(self, problem: AdaptiveProblem, k: State) -> None:
+        self.problem = problem
+        self.k = k
+        self.k_final: State = ()
+
+    def solve(self, y: State) -> State:
+        out = self.problem.solve((*y, *self.k))
+        self.k_final = tuple(v.detach() for v in out[len(y):])
+        return out[:len(y)]
+
+
+def solve_adjoint_adaptive(problem: AdaptiveProblem, state: State, forward_state: ForwardState,
+                           named: Sequence[Tensor]) -> State:
+    """Solve an adaptive `problem` from `state` = (*y, *k) with the adjoint gradient: the
+    adjoint system is solved back from t1 to t0 by the same pair and controller, its error
+    measured over the state, the adjoint and the parameter gradients together."""
+    n = len(state) // 2
+    final_only = _FinalStateOnly(problem, tuple(v.detach() for v in state[n:]))
+    outputs, params = _record_dependencies(final_only, state[:n], named)
+    y = AdjointFunction.apply(problem, forward_state, outputs, n, *state[:n], *params)
+    return (*y, *final_only.k_final)
+
+
 class AdjointFunction(torch.autograd.Function):
     """apply(problem, forward_state, outputs, n_state, *state, *params) -> outputs, the
     solve already run by _record_dependencies."""
@@ -188,6 +217,13 @@ class AdjointFunction(torch.autograd.Function):
             vjp = _zero_if_none(vjp, (*y, *params))
             return (*(v.detach() for v in f), *(-v for v in vjp))
 
+        if isinstance(problem, AdaptiveProblem):
+            # Solved back from t1 by the same pair and controller, on steps of its own; the
+            # parameter gradients have no batch dimension for a per-sample norm.
+            reverse = AdaptiveProblem(dynamics, problem.method.with_options(norm="rms"), problem.t1, problem.t0)
+            with ctx.forward_state.rng_replay(), buffers_unchanged():
+                augmented = reverse.solve((*augmented, *augmented))[:len(augmented)]
+            return _gradients(ctx, augmented, n)
         # The adjoint system, stepped backwards from t1 by the same steps and tableau.
         reverse = Problem(dynamics, problem.tableau, problem.t0 + problem.steps * problem.h, -problem.h, problem.steps)
         with ctx.forward_state.rng_replay(), buffers_unchanged():
@@ -197,8 +233,11 @@ class AdjointFunction(torch.autograd.Function):
                     index = problem.steps - back - 1
                     a = tuple(x if g is None else x + g[index] for x, g in zip(augmented[n:2 * n], grad_outputs))
                     augmented = (*augmented[:n], *a, *augmented[2 * n:])
-        state_grads = augmented[n:2 * n]
-        param_grads = augmented[2 * n:]
-        needs = ctx.needs_input_grad[4:]
-        grads: list[Tensor | None] = [g if needs[i] else None for i, g in enumerate((*state_grads, *param_grads))]
-        return (None, None, None, None, *grads)
+        return _gradients(ctx, augmented, n)
+
+
+def _gradients(ctx, augmented: State, n: int) -> tuple[Tensor | None, ...]:
+    """AdjointFunction.backward's result from the augmented state at t0."""
+    needs = ctx.needs_input_grad[4:]
+    grads = [g if needs[i] else None for i, g in enumerate((*augmented[n:2 * n], *augmented[2 * n:]))]
+    return (None, None, None, None, *grads)

@@ -21,7 +21,7 @@ from ..adaptive import AdaptiveProblem
 from ..reversible import ReversibleProblem
 from ..revolve import _check_budget, _check_checkpoints, checkpoints_for_budget
 from ..solver import Problem, State
-from .adjoint import solve_adjoint
+from .adjoint import solve_adjoint, solve_adjoint_adaptive
 from .checkpointed import solve_checkpointed
 from .reconstruct import solve_reconstructing
 from .replay import ForwardState, buffers_unchanged
@@ -226,11 +226,6 @@ class Adjoint(GradMode):
         object.__setattr__(self, "params", params)
 
     def check_problem(self, problem: Problem | ReversibleProblem) -> None:
-        if isinstance(problem, AdaptiveProblem):
-            raise ValueError(
-                "grad='adjoint' does not run adaptive methods yet; use grad='anode', 'revolve' or 'direct' (exact "
-                "gradients on the accepted steps)"
-            )
         if isinstance(problem, ReversibleProblem):
             raise ValueError(
                 "grad='adjoint' solves the continuous adjoint ODE, which a reversible method does not step; "
@@ -238,6 +233,8 @@ class Adjoint(GradMode):
             )
 
     def _solve(self, problem: Problem, state: State, owner: Callable) -> State:
+        if isinstance(problem, AdaptiveProblem):
+            return _solve_adjoint_adaptive(problem, state, self.params)
         return _solve_adjoint(problem, state, self.params)
 
     def __repr__(self) -> str:
@@ -255,6 +252,11 @@ class Adjoint(GradMode):
 @_outside_compile
 def _solve_adjoint(problem: Problem, state: State, params: tuple[Tensor, ...]) -> State:
     return solve_adjoint(problem, state, ForwardState(state), params)
+
+
+@_outside_compile
+def _solve_adjoint_adaptive(problem: AdaptiveProblem, state: State, params: tuple[Tensor, ...]) -> State:
+    return solve_adjoint_adaptive(problem, state, ForwardState(state), params)
 
 
 @dataclass(frozen=True, repr=False)

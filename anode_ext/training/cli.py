@@ -191,8 +191,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"anode-train: --method {args.method} chooses its own steps; drop --steps (or give --rtol/--atol)")
     if args.atol is not None and not adaptive:
         raise SystemExit(f"anode-train: --atol goes with an adaptive method ({', '.join(sorted(PAIRS))})")
-    if adaptive and args.grad == "adjoint":
-        raise SystemExit("anode-train: --grad adjoint does not run an adaptive method; use --grad anode or revolve")
     reversible = args.method.startswith(PREFIX)
     if args.coupling is not None and not reversible:
         raise SystemExit(f"anode-train: --coupling goes with a reversible method such as --method {PREFIX}{args.method}")
