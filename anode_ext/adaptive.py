@@ -12,8 +12,9 @@ Every attempt, accepted or rejected, is written to a log. A LoggedProblem replay
 it has a Problem's interface (steps = the accepted steps), so the recompute modes
 (grad='anode', 'revolve') run it as they run a fixed-step solve, and recompute exactly the
 accepted steps of the forward. It evaluates the rejected attempts and the initial-step
-probe again too, in their places and with nothing saved for backward, so that random
-numbers and module buffers evolve as in the forward.
+probe again too, in their places, so that random numbers and module buffers evolve as in
+the forward; what they save for backward is either kept from the mode (revolve) or
+recorded and let go at once (anode, whose ledger then meets every tensor the forward saved).
 
 The state of both problems is ``(*y, *k)``: k holds func's value at (t, y) when the pair is
 FSAL and it is known (from the previous step's last stage), else a placeholder (y again).
@@ -21,9 +22,12 @@ FSAL and it is known (from the previous step's last stage), else a placeholder (
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -74,8 +78,11 @@ class Adaptive:
             (Hairer, Nørsett & Wanner, Solving ODEs I, II.4, "starting step size"; one
             extra evaluation of func).
         max_steps: the most attempted steps (accepted and rejected) one solve may take.
-        controller: "pi" (Gustafsson's PI controller with Hairer–Wanner's exponents
-            0.7/q and 0.4/q, q = min(order, error_order) + 1) or "i" (exponent 1/q).
+        controller: "i" (the integral controller, factor err^(-1/q) with q =
+            min(order, error_order) + 1: torchdiffeq's, torchode's and diffrax's default) or
+            "pi" (Gustafsson's PI controller with Hairer–Wanner's exponents 0.7/q and 0.4/q:
+            smoother step sequences where the I controller oscillates between rejections,
+            at the cost of slower step growth).
         safety, min_factor, max_factor: the step-size factor is safety times the
             controller's, clipped to [min_factor, max_factor] (never above 1 right after a
             rejection).
@@ -92,7 +99,7 @@ class Adaptive:
     atol: float | Tensor = 1e-9
     first_step: float | None = None
     max_steps: int = 10_000
-    controller: str = "pi"
+    controller: str = "i"
     safety: float = 0.9
     min_factor: float = 0.2
     max_factor: float = 10.0
@@ -100,7 +107,7 @@ class Adaptive:
 
     def __init__(self, pair: str | EmbeddedTableau = "dopri5", *, rtol: float | Tensor = 1e-7,
                  atol: float | Tensor = 1e-9, first_step: float | None = None, max_steps: int = 10_000,
-                 controller: str = "pi", safety: float = 0.9, min_factor: float = 0.2, max_factor: float = 10.0,
+                 controller: str = "i", safety: float = 0.9, min_factor: float = 0.2, max_factor: float = 10.0,
                  norm: str = "rms") -> None:
         set_ = object.__setattr__
         set_(self, "pair", get_pair(pair))
@@ -151,7 +158,7 @@ class Adaptive:
     def __repr__(self) -> str:
         shown = [repr(self.name)]
         for name, default in (("rtol", 1e-7), ("atol", 1e-9), ("first_step", None), ("max_steps", 10_000),
-                              ("controller", "pi"), ("safety", 0.9), ("min_factor", 0.2), ("max_factor", 10.0),
+                              ("controller", "i"), ("safety", 0.9), ("min_factor", 0.2), ("max_factor", 10.0),
                               ("norm", "rms")):
             value = getattr(self, name)
             if isinstance(value, Tensor) or value != default:
@@ -194,6 +201,18 @@ class Log:
     attempts: list[Attempt] = field(default_factory=list)
 
 
+class AttemptObserver(Protocol):
+    """Told when the work of each attempted step (and of the initial-step probe) starts and
+    ends, and whether its result was kept: grad='anode' lets go of what a rejected
+    attempt saved for backward."""
+
+    def starts(self) -> None:
+        """An attempt (or the probe) starts."""
+
+    def ends(self, kept: bool) -> None:
+        """It ended; `kept`: its result is part of the solve (an accepted step)."""
+
+
 @dataclass
 class AdaptiveProblem:
     """An adaptive solve of ``d(state)/dt = func(t, state)`` from t0 to t1 (floats).
@@ -216,8 +235,9 @@ class AdaptiveProblem:
     log: Log | None = None
     return_all: bool = False
 
-    def solve(self, state: State) -> State:
-        """The state at t1, ``(*y, *k)``; fills `log`, `stats` and the next `h`.
+    def solve(self, state: State, observer: AttemptObserver | None = None) -> State:
+        """The state at t1, ``(*y, *k)``; fills `log`, `stats` and the next `h`. `observer`
+        is told of each attempt.
 
         Raises:
             RuntimeError: when max_steps attempts do not reach t1, or the step size
@@ -236,7 +256,11 @@ class AdaptiveProblem:
         if h is None:
             h = method.first_step * direction if method.first_step is not None else None
         if h is None:
+            if observer is not None:
+                observer.starts()
             h, log.probe = self._initial_step(y, k, direction)
+            if observer is not None:
+                observer.ends(False)
             evaluations += 1
         if self.stats is not None:
             self.stats.initial_step = h
@@ -256,10 +280,14 @@ class AdaptiveProblem:
             if t + h == t:
                 raise RuntimeError(f"adaptive solve: the step size underflowed at t={t:.6g} (h={h:.3g}); the solution "
                                    "may blow up there, or rtol/atol are too tight for the state's dtype")
+            if observer is not None:
+                observer.starts()
             y1, ks = attempt(self.func, pair, t, h, y, k)
             evaluations += pair.stages - 1
             ratio = error_ratio(pair, method, h, y, y1, ks)
             accepted = ratio <= 1.0
+            if observer is not None:
+                observer.ends(accepted)
             log.attempts.append(Attempt(t, h, accepted))
             if ratio == 0.0:
                 factor = method.max_factor
@@ -310,11 +338,12 @@ class AdaptiveProblem:
             h1 = max(1e-6, h0 * 1e-3) if largest <= 1e-15 else (0.01 / largest) ** (1.0 / (order + 1))
         return min(100 * h0, h1, abs(self.t1 - self.t0)) * direction, offset
 
-    def logged(self) -> LoggedProblem:
-        """The problem that replays this solve's log (after `solve`)."""
+    def logged(self, after_discarded: Callable[[], None] | None = None) -> LoggedProblem:
+        """The problem that replays this solve's log (after `solve`); see LoggedProblem
+        for `after_discarded`."""
         if self.log is None:
             raise RuntimeError("AdaptiveProblem.logged() needs a log: call solve first")
-        return LoggedProblem(self.func, self.method.pair, self.t0, self.k_given, self.log)
+        return LoggedProblem(self.func, self.method.pair, self.t0, self.k_given, self.log, after_discarded)
 
 
 def euler_probe(y: State, f: State, offset: float) -> State:
@@ -374,16 +403,20 @@ def error_ratio(pair: EmbeddedTableau, method: Adaptive, h: float, y: State, y1:
 class LoggedProblem:
     """A replay of an adaptive solve's log on its accepted grid, with a Problem's interface
     (steps, return_all, step, solve) for the recompute modes. Step n evaluates, in the
-    forward's order, func at its start when no earlier stage gave it (recorded), the
-    initial-step probe (step 0) and the rejected attempts before it (under pass-through
-    saved-tensor hooks: nothing of theirs reaches a mode's ledger), then the accepted step
-    (recorded)."""
+    forward's order, func at its start when no earlier stage gave it, the initial-step
+    probe (step 0) and the rejected attempts before it, then the accepted step.
+
+    Without `after_discarded`, the probe and the rejected attempts run under pass-through
+    saved-tensor hooks: nothing of theirs reaches a mode's ledger. With it, they run under
+    the hooks the caller set, and `after_discarded` is called after each (grad='anode',
+    whose forward recorded them, lets go of what they saved)."""
 
     func: StateFunc
     pair: EmbeddedTableau
     t0: float
     k_given: bool
     log: Log
+    after_discarded: Callable[[], None] | None = None
     return_all: bool = False
 
     def __post_init__(self) -> None:
@@ -407,12 +440,14 @@ class LoggedProblem:
         if not (self.pair.fsal and (n > 0 or self.k_given)):
             k = checked_derivative(self.func(step.t, y), y)
         if self.rejected[n] or (n == 0 and self.log.probe is not None):
-            with torch.autograd.graph.saved_tensors_hooks(_same, _same):
+            with self._discarded_work():
                 if n == 0 and self.log.probe is not None:
                     offset = self.log.probe
                     checked_derivative(self.func(step.t + offset, euler_probe(y, k, offset)), y)
+                    self._discarded()
                 for rejected in self.rejected[n]:
                     attempt(self.func, self.pair, rejected.t, rejected.h, y, k)
+                    self._discarded()
         y1, ks = attempt(self.func, self.pair, step.t, step.h, y, k)
         return (*y1, *(ks[-1] if self.pair.fsal else y1))
 
@@ -420,6 +455,15 @@ class LoggedProblem:
         for n in range(self.steps):
             state = self.step(n, state)
         return state
+
+    def _discarded_work(self) -> contextlib.AbstractContextManager:
+        if self.after_discarded is not None:
+            return contextlib.nullcontext()
+        return torch.autograd.graph.saved_tensors_hooks(_same, _same)
+
+    def _discarded(self) -> None:
+        if self.after_discarded is not None:
+            self.after_discarded()
 
 
 def _same(t: Tensor) -> Tensor:

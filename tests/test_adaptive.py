@@ -253,6 +253,46 @@ def test_anode_saves_the_same_bytes_whatever_the_number_of_accepted_steps():
     assert saved["direct", 1e-9][0] > 3 * saved["direct", 1e-3][0]
 
 
+def test_anode_lets_go_of_what_rejected_attempts_saved():
+    func, x = make_func("conv_bn")
+    method = Adaptive("dopri5", rtol=1e-6, atol=1e-8, first_step=5.0)
+    measured = {}
+    for grad in ("direct", "anode"):
+        stats = SolverStats()
+        with count_saved_bytes(exclude=list(func.parameters())) as counter:
+            loss = odeint(func, x, method=method, grad=grad, stats=stats).square().sum()
+            after_forward = counter.total
+            loss.backward()
+        measured[grad] = (after_forward, counter.peak)
+    assert stats.rejected > 0
+    # anode's backward holds at most what direct holds: the accepted steps' tensors.
+    assert 0 < measured["anode"][1] <= measured["direct"][1]
+    assert measured["anode"][0] < measured["direct"][0] / 10
+
+
+def test_a_func_that_keeps_a_rejected_attempts_result_is_refused_by_anode():
+    func, x = make_func("mlp")
+    kept = []
+
+    def keeping(t, y):
+        out = func(t, y)
+        kept.append(out)
+        return out
+
+    method = Adaptive("dopri5", rtol=1e-6, atol=1e-8, first_step=5.0)
+    for grad in ("direct", "anode"):
+        kept.clear()
+        stats = SolverStats()
+        y = odeint(keeping, x, method=method, grad=grad, stats=stats)
+        assert stats.rejected > 0
+        loss = y.sum() + sum(k.sum() for k in kept)
+        if grad == "direct":
+            loss.backward()
+        else:
+            with pytest.raises(RuntimeError, match="rejected step attempt"):
+                loss.backward()
+
+
 def test_odeblock_takes_an_adaptive_method():
     func, x = make_func("mlp")
     expected = gradients("mlp", "dopri5", "direct")

@@ -21,6 +21,7 @@ from ..adaptive import AdaptiveProblem
 from ..reversible import ReversibleProblem
 from ..revolve import _check_budget, _check_checkpoints, checkpoints_for_budget
 from ..solver import Problem, State
+from .adaptive_anode import solve_adaptive_anode
 from .adjoint import solve_adjoint, solve_adjoint_adaptive
 from .checkpointed import solve_checkpointed
 from .reconstruct import solve_reconstructing
@@ -111,6 +112,8 @@ class Recompute(GradMode):
 
     def _solve(self, problem: Problem, state: State, owner: Callable) -> State:
         if isinstance(problem, AdaptiveProblem):
+            if isinstance(self, Anode):
+                return _solve_adaptive_anode(problem, state, owner)
             return _solve_adaptive_recompute(self, problem, state, owner)
         return _solve_recompute(problem, state, self.checkpoints_for(problem, state), owner)
 
@@ -122,8 +125,13 @@ def _solve_recompute(problem: Problem, state: State, checkpoints: int | None, ow
 
 
 @_outside_compile
+def _solve_adaptive_anode(problem: AdaptiveProblem, state: State, owner: Callable) -> State:
+    return solve_adaptive_anode(problem, state, ForwardState(state), owner)
+
+
+@_outside_compile
 def _solve_adaptive_recompute(mode: Recompute, problem: AdaptiveProblem, state: State, owner: Callable) -> State:
-    """An adaptive solve in a recompute mode, in two passes: the step-size search runs
+    """An adaptive solve in mode revolve, in two passes: the step-size search runs
     first, its graph dropped step by step and its module buffer updates undone; then the
     accepted grid is solved in the mode, replaying the search's evaluations (rejected
     attempts included) from the same random state, so that the result, the buffers and

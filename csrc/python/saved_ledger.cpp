@@ -28,6 +28,7 @@
 #include <torch/csrc/autograd/grad_mode.h>
 #include <torch/csrc/autograd/python_variable.h>
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 #include <sstream>
@@ -109,6 +110,7 @@ struct Meta {
 
 struct Segment {
   std::vector<Meta> meta;     // from the forward
+  std::vector<bool> discarded;  // per saved tensor: saved by work whose result the solve dropped
   std::vector<at::Tensor> live;  // the forward's tensors, while the segment's forward runs
   bool running = false;
   // The latest recompute, one slot per saved tensor: the tensors (or, with the caller's
@@ -157,6 +159,23 @@ class SavedLedger {
     std::vector<at::Tensor>().swap(segments_.at(current_).live);
   }
 
+  // How many tensors the running segment's forward has saved so far.
+  int64_t saved_count() const {
+    return static_cast<int64_t>(segments_.at(current_).meta.size());
+  }
+
+  // Marks tensors [start, stop) of the running segment as saved by work whose result the
+  // solve dropped (a rejected step attempt): a recompute records them again, in their
+  // places, but does not hold them, and handing one to autograd is refused.
+  void discard(int64_t start, int64_t stop) {
+    Segment& s = segments_.at(current_);
+    if (start < 0 || stop < start || static_cast<size_t>(stop) > s.meta.size()) {
+      throw std::out_of_range("SavedLedger.discard: range outside the saved tensors");
+    }
+    s.discarded.resize(s.meta.size(), false);
+    std::fill(s.discarded.begin() + start, s.discarded.begin() + stop, true);
+  }
+
   int64_t pack(const at::Tensor& t) {
     Segment& s = segments_[current_];
     std::optional<c10::SmallVector<int64_t, 5>> sizes;
@@ -181,6 +200,12 @@ class SavedLedger {
     const int64_t segment = key >> kIndexBits;
     const size_t index = static_cast<size_t>(key & kIndexMask);
     Segment& s = segments_.at(segment);
+    if (is_discarded(s, index)) {
+      throw std::runtime_error("grad='" + mode_ +
+                               "': backward reached a tensor saved by a rejected step attempt of an adaptive "
+                               "solve (func kept a result of it for later use), which the recompute does not "
+                               "hold; use grad='direct' for such a func");
+    }
     if (s.running) {
       // func differentiates inside itself while the forward runs: the tensor is there
       // (saved in this step; the live tensors are numbered from the segment's start).
@@ -275,6 +300,21 @@ class SavedLedger {
     return static_cast<int64_t>(index);
   }
 
+  // Lets go of the discarded tensors the recording has saved so far (held until now in case
+  // func differentiated inside the work that saved them).
+  void drop_discarded() {
+    Segment& s = segments_.at(recording_);
+    const size_t stop = std::min({saved_, s.discarded.size(), s.tensors.size()});
+    for (size_t i = 0; i < stop; ++i) {
+      if (s.discarded[i]) {
+        s.tensors[i] = at::Tensor();
+        if (s.caller_hooks) {
+          s.packed[i] = py::object();
+        }
+      }
+    }
+  }
+
   // A tensor of the recompute asked for inside it (func differentiating inside itself).
   at::Tensor kept(int64_t index) {
     Segment& s = segments_.at(recording_);
@@ -296,8 +336,9 @@ class SavedLedger {
       release(s);
       return mismatch_;
     }
+    drop_discarded();
     s.taken.assign(s.meta.size(), false);
-    s.left = s.meta.size();
+    s.left = s.meta.size() - static_cast<size_t>(std::count(s.discarded.begin(), s.discarded.end(), true));
     s.recorded = true;
     if (s.left == 0) {
       release(s);
@@ -332,6 +373,10 @@ class SavedLedger {
     }
     const auto alive = found->second.lock();
     return alive && alive.get() == base.unsafeGetTensorImpl() ? base : at::Tensor();
+  }
+
+  static bool is_discarded(const Segment& s, size_t index) {
+    return index < s.discarded.size() && s.discarded[index];
   }
 
   static int64_t encode(int64_t segment, size_t index) {
@@ -474,6 +519,9 @@ void bind_saved_ledger(py::module_& m) {
       .def("start_segment", &SavedLedger::start_segment)
       .def("end_segment", &SavedLedger::end_segment)
       .def("release_live", &SavedLedger::release_live)
+      .def("saved_count", &SavedLedger::saved_count)
+      .def("discard", &SavedLedger::discard)
+      .def("drop_discarded", &SavedLedger::drop_discarded)
       .def("pack", &SavedLedger::pack)
       .def("unpack", &SavedLedger::unpack)
       .def("begin_record", &SavedLedger::begin_record)
