@@ -84,8 +84,9 @@ class Adaptive:
             smoother step sequences where the I controller oscillates between rejections,
             at the cost of slower step growth).
         safety, min_factor, max_factor: the step-size factor is safety times the
-            controller's, clipped to [min_factor, max_factor] (never above 1 right after a
-            rejection).
+            controller's, clipped to [1, max_factor] after an accepted step (an accepted
+            step is not followed by a smaller one, as in torchdiffeq and diffrax) and to
+            [min_factor, max_factor] after a rejected one.
         norm: "rms" (root mean square over every element of the state) or "max_sample"
             (the largest root mean square over one sample along the state's first
             dimension: one sample's error cannot hide in the batch's mean).
@@ -264,7 +265,7 @@ class AdaptiveProblem:
             evaluations += 1
         if self.stats is not None:
             self.stats.initial_step = h
-        t, previous, rejected_last = self.t0, self.previous_error, False
+        t, previous = self.t0, self.previous_error
         alpha, beta = method.exponents
         while (self.t1 - t) * direction > 0:
             if len(log.attempts) >= method.max_steps:
@@ -294,16 +295,15 @@ class AdaptiveProblem:
             elif not math.isfinite(ratio):
                 factor = method.min_factor
             else:
+                # An accepted step is not followed by a smaller one (torchdiffeq's and
+                # diffrax's rule): its error was within the tolerance.
                 factor = method.safety * ratio ** -alpha * previous ** beta
-                factor = min(method.max_factor, max(method.min_factor, factor))
+                factor = min(method.max_factor, max(1.0 if accepted else method.min_factor, factor))
             if accepted:
-                if rejected_last:
-                    factor = min(factor, 1.0)
                 t = self.t1 if last else t + h
                 y = y1
                 k = ks[-1] if pair.fsal else None
                 previous = max(ratio, 1e-4)
-            rejected_last = not accepted
             # A last step shortened to land on t1 says little about the step size after it.
             h = natural if accepted and last and abs(h * factor) < abs(natural) else h * factor
             if k is None:
@@ -334,6 +334,7 @@ class AdaptiveProblem:
         with torch.no_grad():
             d2 = _rms([(b - a) / s for a, b, s in zip(f0, f1, scale)]) / h0
             largest = max(d1, d2)
+
             order = method.pair.order
             h1 = max(1e-6, h0 * 1e-3) if largest <= 1e-15 else (0.01 / largest) ** (1.0 / (order + 1))
         return min(100 * h0, h1, abs(self.t1 - self.t0)) * direction, offset

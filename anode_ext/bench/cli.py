@@ -15,13 +15,21 @@ from typing import Any
 import torch
 
 from .._extras import require
+from .adaptive_bench import (
+    format_gradient_modes,
+    format_work_precision,
+    gradient_modes,
+    work_precision,
+)
+from .adaptive_bench import format_step_overhead as format_adaptive_overhead
+from .adaptive_bench import step_overhead as adaptive_step_overhead
 from .blocks import block_benchmark, format_block_rows
 from .coupled_bench import coupled_benchmark, format_coupled
 from .environment import best_device, describe
 from .models_bench import format_model_rows, model_benchmark
 from .ops import format_rk4_table, rk4_combine_benchmark
 from .overhead import format_overhead, overhead_benchmark
-from .plots import plot_blocks, plot_reversibility
+from .plots import plot_blocks, plot_reversibility, plot_work_precision
 from .reversibility import format_reversibility, reversibility
 from .reversible_bench import (
     MAX_STEPS_ONE_CHECKPOINT,
@@ -81,6 +89,9 @@ class Preset:
         "mlp": {"dim": 16, "hidden": 64, "batch": 32},
         "resnet": {"channels": 8, "image_size": 8, "batch": 4},
     })
+    adaptive_rtols: tuple[float, ...] = (1e-3, 1e-5, 1e-7)
+    adaptive_overhead_t1: float = 10.0
+    adaptive_modes_t1: float = 4.0
 
 
 PRESETS = {
@@ -107,6 +118,7 @@ PRESETS = {
             "mlp": {"dim": 16, "hidden": 64, "batch": 32},
             "resnet": {"channels": 16, "image_size": 16, "batch": 8},
         },
+        adaptive_rtols=(1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8),
     ),
     "quick": Preset(
         numel=1 << 12,
@@ -136,6 +148,9 @@ PRESETS = {
         training_seeds=(0, 1),
         training_quick=True,
         reversible_blocks={"mlp": {"dim": 4, "hidden": 8, "batch": 2}, "resnet": {"channels": 4, "image_size": 4, "batch": 1}},
+        adaptive_rtols=(1e-3,),
+        adaptive_overhead_t1=1.0,
+        adaptive_modes_t1=0.5,
     ),
 }
 
@@ -247,6 +262,24 @@ def reversible_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, s
     return {"timings": rows, "gradient_agreement": agreement}, title, table
 
 
+def adaptive_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
+    precision = work_precision(p.adaptive_rtols)
+    plot = plot_work_precision(precision, args.out)
+    overhead = adaptive_step_overhead(max(5, 3 * p.repeats), t1=p.adaptive_overhead_t1)
+    modes = gradient_modes(max(3, p.repeats), t1=p.adaptive_modes_t1)
+    title = "Adaptive steps (dopri5, CPU): anode_ext against torchdiffeq and torchode on the same problems and tolerances"
+    table = (
+        f"Func evaluations (NFE) and relative error of y(t1) against a solve at rtol = atol = 1e-12 (atol = rtol / "
+        f"1000, float64; plot {os.path.basename(plot)})\n\n" + format_work_precision(precision)
+        + "\n\nSolver overhead: the time a library adds to its func evaluations, per accepted step\n\n"
+        + format_adaptive_overhead(overhead)
+        + f"\n\nGradient modes on one adaptive solve (the MLP above, t in [0, {p.adaptive_modes_t1:g}], rtol 1e-5, "
+        "atol 1e-7): training step in float32, gradient error in float64 against direct's, which is the exact "
+        "gradient of the discrete solve\n\n" + format_gradient_modes(modes)
+    )
+    return {"work_precision": precision, "step_overhead": overhead, "gradient_modes": modes}, title, table
+
+
 def training_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
     require("train", "anode-bench --sections training")
     from ..data import load_dataset
@@ -319,6 +352,7 @@ SECTIONS: dict[str, Section] = {
     "models": models_section,
     "reversibility": reversibility_section,
     "reversible": reversible_section,
+    "adaptive": adaptive_section,
     "soak": soak_section,
     "training": training_section,
 }

@@ -1,4 +1,5 @@
-"""PNG plots of the block benchmark, the reversibility demonstration and the training sweep."""
+"""PNG plots of the block benchmark, the reversibility demonstration, the adaptive solvers'
+work against precision and the training sweep."""
 
 from __future__ import annotations
 
@@ -79,6 +80,26 @@ def plot_reversibility(rows: list[dict[str, Any]], out_dir: str) -> str:
     ax.set_title("ReLU conv block: reversibility")
     ax.legend(fontsize=7)
     return _save(fig, out_dir, "reversibility.png")
+
+
+def plot_work_precision(rows: list[dict[str, Any]], out_dir: str) -> str:
+    """Error reached against func evaluations, a panel per problem, a line per library
+    (one point per rtol)."""
+    problems = list(dict.fromkeys(r["problem"] for r in rows))
+    fig, axes = plt.subplots(1, len(problems), figsize=(4.6 * len(problems), 3.6), squeeze=False)
+    for ax, problem in zip(axes[0], problems):
+        for i, library in enumerate(dict.fromkeys(r["library"] for r in rows)):
+            points = sorted((r["evaluations"], max(r["relative_error"], _ERROR_FLOOR)) for r in rows
+                            if r["problem"] == problem and r["library"] == library)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=7 - 2 * i,
+                    label=library)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("func evaluations")
+        ax.set_ylabel("relative error of y(t1)")
+        ax.set_title(f"{problem}, dopri5")
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, out_dir, "adaptive_work_precision.png")
 
 
 def plot_training(summaries: list[dict[str, Any]], out_dir: str) -> list[str]:

@@ -131,15 +131,16 @@ def _solve_adaptive_anode(problem: AdaptiveProblem, state: State, owner: Callabl
 
 @_outside_compile
 def _solve_adaptive_recompute(mode: Recompute, problem: AdaptiveProblem, state: State, owner: Callable) -> State:
-    """An adaptive solve in mode revolve, in two passes: the step-size search runs
-    first, its graph dropped step by step and its module buffer updates undone; then the
-    accepted grid is solved in the mode, replaying the search's evaluations (rejected
-    attempts included) from the same random state, so that the result, the buffers and
-    the random state after it are the search's, and the recompute in backward has a
-    fixed number of steps to schedule."""
+    """An adaptive solve in mode revolve, in two passes, since the schedule needs the
+    number of steps before the forward: the step-size search runs first, without a graph
+    and with its module buffer updates undone; then the accepted grid is solved in the
+    mode, replaying the search's evaluations (rejected attempts included) from the same
+    random state, so that the result, the buffers and the random state after it are the
+    search's. (A func that computes otherwise without grad would only move the grid: the
+    gradient is the exact one of the solve on it.)"""
     forward_state = ForwardState(state)
-    with buffers_unchanged(), torch.enable_grad():
-        problem.solve(tuple(s.detach().requires_grad_(s.requires_grad) for s in state))
+    with buffers_unchanged(), torch.no_grad():
+        problem.solve(state)
     logged = problem.logged()
     with forward_state.rng_replay():
         return solve_checkpointed(logged, state, forward_state, mode.checkpoints_for(logged, state), owner)
