@@ -10,6 +10,10 @@ TORCH_LIBRARY(anode_ext, m) {
       "rk_combine_out(Tensor(a!) out, Tensor y, Tensor[] ks, float[] weights, float h) "
       "-> ()");
   m.def("rk_combine_backward(Tensor grad, float[] weights, float h) -> Tensor[]");
+  // The squared scaled error estimate of an embedded pair's step, summed (a 0-d float64).
+  m.def(
+      "rk_error_norm(Tensor y, Tensor y1, Tensor[] ks, float[] weights, float h, float rtol, "
+      "float atol) -> Tensor");
   // ANODEv2 weight dynamics: reaction is 0 (tanh), 1 (relu) or 2 (none);
   // coefficients are (4, Cout): rows d, u, v, r.
   m.def("rda_rhs(Tensor theta, Tensor coefficients, int reaction) -> Tensor");
