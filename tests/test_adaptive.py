@@ -238,6 +238,25 @@ def test_random_draws_and_buffers_replay_through_rejected_attempts(grad):
     assert_same(run(grad), expected)
 
 
+@pytest.mark.parametrize("grad", MODES, ids=str)
+def test_hooks_fire_as_under_direct_and_captured_tensors_get_their_gradient(grad):
+    def run(mode):
+        func, x = make_func("mlp")
+        leaf = torch.full((4,), 0.5, dtype=torch.float64, requires_grad=True)
+        scale = leaf * 2  # computed outside the solve, captured by the closure
+        calls = []
+        scale.register_hook(lambda g: calls.append("scale"))
+        x.register_hook(lambda g: calls.append("x"))
+        y = odeint(lambda t, y: func(t, y) * scale, x, method=Adaptive("bosh3", rtol=1e-6, first_step=2.0), grad=mode)
+        y.sum().backward()
+        return calls, leaf.grad, x.grad
+
+    expected = run("direct")
+    got = run(grad)
+    assert sorted(got[0]) == sorted(expected[0]) == ["scale", "x"]  # once each; the order is the engine's
+    assert relative_error(got[1], expected[1]) <= TOLERANCE and relative_error(got[2], expected[2]) <= TOLERANCE
+
+
 def test_anode_saves_the_same_bytes_whatever_the_number_of_accepted_steps():
     func, x = make_func("mlp")
     saved = {}
