@@ -75,12 +75,15 @@ class Adaptive:
             EmbeddedTableau.
         rtol, atol: the relative and absolute tolerances: a step is accepted when the
             norm of ``error / (atol + rtol * max(|y_n|, |y_{n+1}|))`` is <= 1. Real numbers
-            >= 0 or floating tensors broadcastable to the state (not both zero).
+            >= 0 or floating tensors broadcastable to the state (not both zero anywhere);
+            other tensors of a solve's state (a coupled block's weights, the adjoint's
+            gradients) take a tensor tolerance's smallest element.
         first_step: the first step's size (> 0, in units of t; its sign follows the
             direction of integration), or None to choose it from the derivative at t0
             (Hairer, Nørsett & Wanner, Solving ODEs I, II.4, "starting step size"; one
             extra evaluation of func).
-        max_steps: the most attempted steps (accepted and rejected) one solve may take.
+        max_steps: the most attempted steps (accepted and rejected) one solve may take
+            (one odeint call or block forward, every output time included).
         controller: "i" (the integral controller, factor err^(-1/q) with q =
             min(order, error_order) + 1: torchdiffeq's, torchode's and diffrax's default) or
             "pi" (Gustafsson's PI controller with Hairer–Wanner's exponents 0.7/q and 0.4/q:
@@ -92,7 +95,9 @@ class Adaptive:
             [min_factor, max_factor] after a rejected one.
         norm: "rms" (root mean square over every element of the state) or "max_sample"
             (the largest root mean square over one sample along the state's first
-            dimension: one sample's error cannot hide in the batch's mean).
+            dimension: one sample's error cannot hide in the batch's mean; other tensors
+            of the solve's state, such as a coupled block's weights, count as one sample
+            each).
 
     Raises:
         ValueError: for any option that is not as described.
@@ -159,6 +164,16 @@ class Adaptive:
         q = min(self.pair.order, self.pair.error_order) + 1
         return (1.0 / q, 0.0) if self.controller == "i" else (0.7 / q, 0.4 / q)
 
+    def _key(self) -> tuple:
+        return (self.pair, *(id(v) if isinstance(v, Tensor) else v for v in (getattr(self, n) for n in OPTIONS)))
+
+    # Tensor tolerances compare elementwise; two methods are the same when they hold the same tensors.
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
     def __repr__(self) -> str:
         shown = [repr(self.name)]
         for name, default in (("rtol", 1e-7), ("atol", 1e-9), ("first_step", None), ("max_steps", 10_000),
@@ -216,6 +231,10 @@ class AttemptObserver(Protocol):
     def ends(self, kept: bool) -> None:
         """It ended; `kept`: its result is part of the solve (an accepted step)."""
 
+    def step_done(self, state: State, final: bool) -> State:
+        """A step was accepted: `state` is the state after it, as LoggedProblem.step
+        returns it; `final`: the solve has reached t1. Returns the state to go on from."""
+
 
 @dataclass
 class AdaptiveProblem:
@@ -223,9 +242,10 @@ class AdaptiveProblem:
 
     Its state is ``(*y, *k)`` (module docstring); ``k_given`` says whether k holds func at
     (t0, y), as it does when the solve continues one that ended there with an FSAL pair.
-    `h` and `previous_error` carry the controller over from such a solve. `solve` runs the
-    controller under whatever autograd mode is on (grad='direct' differentiates it);
-    after it, `log` holds its attempts and `h` the next step size it proposes.
+    `h`, `previous_error` and `attempted` (the attempts made so far, which max_steps
+    bounds) carry the controller over from such a solve. `solve` runs the controller under
+    whatever autograd mode is on (grad='direct' differentiates it); after it, `log` holds
+    its attempts and `h` the next step size it proposes.
     """
 
     func: StateFunc
@@ -236,58 +256,75 @@ class AdaptiveProblem:
     h: float | None = None
     previous_error: float = 1e-4
     stats: SolverStats | None = None
+    attempted: int = 0
     log: Log | None = None
     return_all: bool = False
 
     def solve(self, state: State, observer: AttemptObserver | None = None) -> State:
-        """The state at t1, ``(*y, *k)``; fills `log`, `stats` and the next `h`. `observer`
-        is told of each attempt.
+        """The state at t1, ``(*y, *k)``; fills `log`, `stats`, the next `h` and `attempted`.
+        `observer` is told of each attempt and step.
 
         Raises:
-            RuntimeError: when max_steps attempts do not reach t1, or the step size
-                underflows (the time reached is named).
+            ValueError: for tolerances that do not fit the state.
+            RuntimeError: when max_steps attempts do not reach t1, when the step size
+                underflows or is not finite (the time reached is named).
         """
         half = len(state) // 2
         y, k = state[:half], state[half:]
-        method, pair = self.method, self.method.pair
-        log = Log()
+        check_tolerances(self.method, y)
+        self.log = Log()
+        self._evaluations = 0
+        try:
+            return self._solve(y, k, observer)
+        finally:
+            if self.stats is not None:
+                self.stats.accepted += sum(a.accepted for a in self.log.attempts)
+                self.stats.rejected += sum(not a.accepted for a in self.log.attempts)
+                self.stats.evaluations += self._evaluations
+            self.attempted += len(self.log.attempts)
+
+    def _solve(self, y: State, k: State, observer: AttemptObserver | None) -> State:
+        method, pair, log = self.method, self.method.pair, self.log
         direction = 1.0 if self.t1 > self.t0 else -1.0
-        evaluations = 0
         if not self.k_given:
             k = checked_derivative(self.func(self.t0, y), y)
-            evaluations += 1
+            self._evaluations += 1
         h = self.h
         if h is None:
-            h = method.first_step * direction if method.first_step is not None else None
-        if h is None:
-            if observer is not None:
-                observer.starts()
-            h, log.probe = self._initial_step(y, k, direction)
-            if observer is not None:
-                observer.ends(False)
-            evaluations += 1
-        if self.stats is not None:
-            self.stats.initial_step = h
+            if method.first_step is not None:
+                h = method.first_step * direction
+            else:
+                if observer is not None:
+                    observer.starts()
+                h, log.probe = self._initial_step(y, k, direction)
+                if observer is not None:
+                    observer.ends(False)
+                self._evaluations += 1
+            if self.stats is not None:
+                self.stats.initial_step = h
         t, previous = self.t0, self.previous_error
         alpha, beta = method.exponents
         while (self.t1 - t) * direction > 0:
-            if len(log.attempts) >= method.max_steps:
+            if self.attempted + len(log.attempts) >= method.max_steps:
                 raise RuntimeError(
-                    f"adaptive solve: max_steps={method.max_steps} attempted steps reached t={t:.6g} of "
-                    f"[{self.t0:g}, {self.t1:g}] ({sum(a.accepted for a in log.attempts)} accepted); raise max_steps, "
-                    "loosen rtol/atol, or check func for stiffness or a blow-up"
+                    f"adaptive solve: max_steps={method.max_steps} attempted steps reached t={t:.6g} "
+                    f"({sum(a.accepted for a in log.attempts)} accepted since t={self.t0:g}, on the way to "
+                    f"{self.t1:g}); raise max_steps, loosen rtol/atol, or check func for stiffness or a blow-up"
                 )
             natural = h
             last = (t + h - self.t1) * direction >= 0
             if last:
                 h = self.t1 - t
-            if t + h == t:
-                raise RuntimeError(f"adaptive solve: the step size underflowed at t={t:.6g} (h={h:.3g}); the solution "
-                                   "may blow up there, or rtol/atol are too tight for the state's dtype")
+            if not math.isfinite(h) or t + h == t:
+                raise RuntimeError(
+                    f"adaptive solve: the step size became {h:.3g} at t={t:.6g}: the state or func's value is not "
+                    "finite there (a blow-up, or a non-finite initial state), atol is 0 where the state is 0, or "
+                    "the tolerances are beyond what the state's dtype resolves at that t"
+                )
             if observer is not None:
                 observer.starts()
             y1, ks = attempt(self.func, pair, t, h, y, k)
-            evaluations += pair.stages - 1
+            self._evaluations += pair.stages - 1
             ratio = error_ratio(pair, method, h, y, y1, ks)
             accepted = ratio <= 1.0
             if observer is not None:
@@ -307,18 +344,18 @@ class AdaptiveProblem:
                 y = y1
                 k = ks[-1] if pair.fsal else None
                 previous = max(ratio, 1e-4)
+                if observer is not None:
+                    stepped = observer.step_done((*y, *(k if k is not None else y)), t == self.t1)
+                    y = stepped[:len(y)]
+                    k = stepped[len(y):] if k is not None else None
             # A last step shortened to land on t1 says little about the step size after it.
             h = natural if accepted and last and abs(h * factor) < abs(natural) else h * factor
             if k is None:
                 if (self.t1 - t) * direction <= 0:
                     break
                 k = checked_derivative(self.func(t, y), y)
-                evaluations += 1
-        self.log, self.h, self.previous_error = log, h, previous
-        if self.stats is not None:
-            self.stats.accepted += sum(a.accepted for a in log.attempts)
-            self.stats.rejected += sum(not a.accepted for a in log.attempts)
-            self.stats.evaluations += evaluations
+                self._evaluations += 1
+        self.h, self.previous_error = h, previous
         return (*y, *(k if k is not None else y))
 
     def _initial_step(self, y: State, f0: State, direction: float) -> tuple[float, float]:
@@ -330,6 +367,12 @@ class AdaptiveProblem:
             scale = tuple(_scale(method, v, v) for v in y)
             d0 = _rms([v / s for v, s in zip(y, scale)])
             d1 = _rms([f / s for f, s in zip(f0, scale)])
+            if not (math.isfinite(d0) and math.isfinite(d1)):
+                raise RuntimeError(
+                    f"adaptive solve: the first step cannot be chosen at t={self.t0:g}: the initial state or func's "
+                    "value there is not finite, or atol is 0 where the state is 0 (the error there cannot be "
+                    "scaled); give atol > 0, a finite initial state, or first_step="
+                )
             h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
             h0 = min(h0, abs(self.t1 - self.t0))
         offset = h0 * direction
@@ -338,8 +381,9 @@ class AdaptiveProblem:
             d2 = _rms([(b - a) / s for a, b, s in zip(f0, f1, scale)]) / h0
             largest = max(d1, d2)
 
-            order = method.pair.order
-            h1 = max(1e-6, h0 * 1e-3) if largest <= 1e-15 else (0.01 / largest) ** (1.0 / (order + 1))
+            # The exponent of the error estimate's order, as the controller's (and torchdiffeq's).
+            q = min(method.pair.order, method.pair.error_order) + 1
+            h1 = max(1e-6, h0 * 1e-3) if largest <= 1e-15 else (0.01 / largest) ** (1.0 / q)
         return min(100 * h0, h1, abs(self.t1 - self.t0)) * direction, offset
 
     def logged(self, after_discarded: Callable[[], None] | None = None) -> LoggedProblem:
@@ -351,8 +395,11 @@ class AdaptiveProblem:
 
 
 def euler_probe(y: State, f: State, offset: float) -> State:
-    """``y + offset * f``, detached: the state at which the initial-step choice evaluates func."""
-    return tuple(v.detach() + offset * d.detach() for v, d in zip(y, f))
+    """``y + offset * f``, detached (the step-size choice is not differentiated), requiring
+    grad where y or f does, as a stage would: the state at which the initial-step choice
+    evaluates func (which may differentiate with respect to its state)."""
+    return tuple((v.detach() + offset * d.detach()).requires_grad_(v.requires_grad or d.requires_grad)
+                 for v, d in zip(y, f))
 
 
 def attempt(func: StateFunc, pair: EmbeddedTableau, t: float, h: float, y: State, k1: State
@@ -372,11 +419,52 @@ def attempt(func: StateFunc, pair: EmbeddedTableau, t: float, h: float, y: State
     return combine_stages(y, ks, which, weights, h), ks
 
 
+def check_tolerances(method: Adaptive, y: State) -> None:
+    """A ValueError for tolerances that do not fit the state y: a tensor tolerance that
+    does not broadcast to y's first tensor, elements where rtol and atol are both zero, or
+    a tolerance beyond the largest number of the dtype the error is measured in."""
+    first = y[0]
+    limit = torch.finfo(torch.promote_types(first.dtype, torch.float32)).max
+    for name in ("rtol", "atol"):
+        value = getattr(method, name)
+        if isinstance(value, Tensor):
+            if not _broadcasts_to(value, first):
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, which does not broadcast to the state's "
+                                 f"shape {tuple(first.shape)}; give a number or a tensor broadcastable to it")
+        largest = float(value.max()) if isinstance(value, Tensor) and value.numel() else float(value) \
+            if not isinstance(value, Tensor) else 0.0
+        if largest > limit:
+            raise ValueError(f"{name}={largest:g} is beyond the largest {first.dtype} number the error is measured in "
+                             f"({limit:g})")
+    if isinstance(method.rtol, Tensor) or isinstance(method.atol, Tensor):
+        total = torch.as_tensor(method.rtol) + torch.as_tensor(method.atol)
+        if total.numel() and not bool((total > 0).all()):
+            raise ValueError("rtol and atol are both zero for some elements of the state; no step could be accepted")
+
+
+def _broadcasts_to(value: Tensor, like: Tensor) -> bool:
+    """Whether `value` broadcasts to `like`'s shape (without changing it)."""
+    try:
+        return torch.broadcast_shapes(value.shape, like.shape) == like.shape
+    except RuntimeError:
+        return False
+
+
+def _tolerance_for(value: float | Tensor, like: Tensor, dtype: torch.dtype) -> float | Tensor:
+    """A tolerance as it applies to the state tensor `like`: a tensor tolerance where it
+    broadcasts to it, else (a coupled block's weights, the adjoint's gradients) its
+    smallest element."""
+    if not isinstance(value, Tensor):
+        return value
+    value = value.to(device=like.device, dtype=dtype)
+    return value if _broadcasts_to(value, like) or not value.numel() else value.min()
+
+
 def _scale(method: Adaptive, a: Tensor, b: Tensor) -> Tensor:
     """atol + rtol * max(|a|, |b|), in at least float32."""
     dtype = torch.promote_types(a.dtype, torch.float32)
     big = torch.maximum(a.abs(), b.abs()).to(dtype)
-    return big.mul_(method.rtol).add_(method.atol)
+    return big.mul_(_tolerance_for(method.rtol, a, dtype)).add_(_tolerance_for(method.atol, a, dtype))
 
 
 def _rms(parts: list[Tensor]) -> float:
@@ -401,14 +489,14 @@ def error_ratio(pair: EmbeddedTableau, method: Adaptive, h: float, y: State, y1:
         for m, (a, b) in enumerate(zip(y, y1)):
             error = _rk_combine(torch.zeros_like(b), [ks[j][m].detach() for j in which], list(weights), h)
             scaled.append(error.to(torch.promote_types(b.dtype, torch.float32)).div_(_scale(method, a, b)))
-        if method.norm == "rms" or scaled[0].dim() == 0:
+        first = scaled[0]
+        if method.norm == "rms" or first.dim() == 0 or first.numel() == 0:
             return _rms(scaled)
-        if any(s.dim() == 0 or s.shape[0] != scaled[0].shape[0] for s in scaled):
-            raise ValueError("norm='max_sample' needs every tensor of the state to have the batch as its first "
-                             "dimension (a coupled block's weights do not); use norm='rms'")
-        per_sample = sum(s.square().reshape(s.shape[0], -1).sum(1, dtype=torch.float64) for s in scaled)
-        count = sum(s[0].numel() for s in scaled)
-        return math.sqrt(float(per_sample.max()) / max(count, 1))
+        # The first tensor per sample; any others (a coupled block's weights, which have no
+        # batch dimension) each as a whole.
+        per_sample = first.square().reshape(first.shape[0], -1).mean(1, dtype=torch.float64)
+        largest = float(per_sample.max())
+        return max([math.sqrt(largest), *(_rms([s]) for s in scaled[1:] if s.numel())])
 
 
 @dataclass

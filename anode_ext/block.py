@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from .modes import GradMode, as_grad_mode
-from .odeint import check_steps, check_time, odeint
 from .adaptive import Adaptive
+from .modes import GradMode, as_grad_mode
+from .odeint import adaptive_times, check_steps, check_time, odeint
 from .methods import Method, as_method, base_tableau, method_label
 from .reversible import Reversible
 from .tableau import Tableau
@@ -51,16 +51,26 @@ class FixedStepBlock(nn.Module):
 
     @steps.setter
     def steps(self, value: int) -> None:
-        self._steps = check_steps(value)
+        steps = check_steps(value)
+        if steps != 1 and isinstance(getattr(self, "_method", None), Adaptive):
+            raise ValueError(f"{self._method!r} chooses its own steps; steps={steps} does not apply to it")
+        self._steps = steps
 
     @property
     def method(self) -> Method:
-        """The method the block steps with: a Tableau or a Reversible (set it by name too)."""
+        """The method the block steps with: a Tableau, a Reversible or an Adaptive (set it by
+        name too). An adaptive method needs steps=1 (unused) and times that are not learnable."""
         return self._method
 
     @method.setter
-    def method(self, value: str | Tableau | Reversible) -> None:
-        self._method = as_method(value)
+    def method(self, value: str | Tableau | Reversible | Adaptive) -> None:
+        method = as_method(value)
+        if isinstance(method, Adaptive):
+            if self._steps != 1:
+                raise ValueError(f"{method!r} chooses its own steps; steps={self._steps} does not apply to it "
+                                 "(leave steps at 1)")
+            adaptive_times(self.t0, self.t1)
+        self._method = method
 
     @property
     def tableau(self) -> Tableau:
@@ -123,6 +133,8 @@ def solve_repr(t0: float | Tensor, t1: float | Tensor, steps: int, method: Metho
     """The extra_repr of a block: its times, steps, method, mode and, if not a module, func."""
     parts = [f"t0={format_time(t0)}", f"t1={format_time(t1)}", f"steps={steps}", f"method={method_label(method)}",
              f"grad={grad!r}"]
+    if isinstance(method, Adaptive):
+        parts.remove(f"steps={steps}")
     if not isinstance(func, nn.Module):
         parts.append(f"func={getattr(func, '__qualname__', repr(func))}")
     return ", ".join(parts)

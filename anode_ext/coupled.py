@@ -141,7 +141,8 @@ class CoupledODEBlock(FixedStepBlock):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.coupled:
-            return odeint(self.func, x, self.t0, self.t1, steps=self.steps, method=self.method, grad=self.grad)
+            steps = None if isinstance(self.method, Adaptive) else self.steps
+            return odeint(self.func, x, self.t0, self.t1, steps=steps, method=self.method, grad=self.grad)
         params = dict(self.func.named_parameters())
         thetas = tuple(params[name] for name in self.weight_names)
         joint = _JointDynamics(self)

@@ -117,12 +117,12 @@ def solve_adaptive(mode: GradMode, func: StateFunc, method: Adaptive, times: lis
     n = len(state)
     pair = (*state, *state)
     outputs = [state]
-    h, previous, k_given = None, 1e-4, False
+    h, previous, k_given, attempted = None, 1e-4, False, 0
     for a, b in zip(times, times[1:]):
-        problem = AdaptiveProblem(func, method, a, b, k_given, h, previous, stats)
+        problem = AdaptiveProblem(func, method, a, b, k_given, h, previous, stats, attempted)
         pair = mode.solve(problem, pair, owner)
         outputs.append(tuple(pair[:n]))
-        h, previous, k_given = problem.h, problem.previous_error, method.pair.fsal
+        h, previous, k_given, attempted = problem.h, problem.previous_error, method.pair.fsal, problem.attempted
     return outputs
 
 

@@ -171,7 +171,7 @@ def test_reversible_method_options(tmp_path):
         (("--method", "midpoint", "--grad", "reversible"), "--grad reversible needs a reversible method such as --method reversible_midpoint"),
         (("--method", "reversible_midpoint", "--grad", "adjoint"), "--grad adjoint does not step a reversible method"),
         (("--method", "reversible_midpoint", "--grad", "reversible", "--rtol", "0"), "expected a finite number > 0, got 0"),
-        (("--method", "reversible_midpoint", "--grad", "anode", "--rtol", "1e-3"), "takes no option rtol"),
+        (("--method", "reversible_midpoint", "--grad", "anode", "--rtol", "1e-3"), "--rtol goes with an adaptive method"),
     ):
         code, output = run_cli(*TINY_ARGS, *args, "--out", out)
         assert code != 0 and message in output, output
@@ -314,7 +314,10 @@ def test_adaptive_method_options(tmp_path):
     for args, message in (
         (("--method", "dopri5", "--steps", "4"), "--method dopri5 chooses its own steps; drop --steps"),
         (("--method", "midpoint", "--atol", "1e-3"), "--atol goes with an adaptive method"),
-        (("--method", "dopri5", "--grad", "reversible"), "--grad reversible needs a reversible method"),
+        (("--method", "dopri5", "--grad", "reversible"), "needs a reversible method such as --method reversible_rk4"),
+        (("--method", "dopri5", "--coupling", "0.9"), "--coupling goes with a reversible method such as --method "
+                                                       "reversible_rk4"),
+        (("--method", "rk4", "--rtol", "1e-3"), "--rtol goes with an adaptive method"),
         (("--method", "tsit5", "--atol", "-1"), "expected a finite number > 0, got -1"),
     ):
         code, output = run_cli(*TINY_ARGS, *args, "--out", out)

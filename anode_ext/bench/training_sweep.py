@@ -113,7 +113,7 @@ def saved_peak_bytes(run: SweepRun, data: Dataset, options: dict[str, Any], devi
     torch.manual_seed(0)
     model = _with_mode(run, models.create(
         config.model, num_classes=config.num_classes, in_channels=config.in_channels, width=config.width,
-        steps=config.steps, method=config.solve_method(), grad=config.grad_mode(), coupled=config.coupled,
+        steps=config.block_steps(), method=config.solve_method(), grad=config.grad_mode(), coupled=config.coupled,
     ).to(device))
     x = data.train_images[:config.batch_size].to(device)
     y = data.train_labels[:config.batch_size].to(device)

@@ -11,7 +11,7 @@ as the baseline whose error the benchmarks report.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -54,7 +54,9 @@ def _leaves(outputs: Sequence[Tensor], own: Sequence[Tensor], named: Sequence[Te
             if id(variable) not in own_ids:
                 found.setdefault(id(variable), variable)
             continue
-        if node._sequence_nr() < start:
+        # A cast made before the solve (autocast caches its casts of the weights between
+        # calls) saves nothing: the gradient reaches the tensor it casts through it.
+        if node._sequence_nr() < start and node.name() != "ToCopyBackward0":
             raise ValueError(
                 "grad='adjoint' integrates a gradient for each tensor func depends on, but func uses a "
                 f"tensor that was computed outside the solve and requires grad (its grad_fn is {node.name()}); "
@@ -90,28 +92,54 @@ def _check_named_independent(named: Sequence[Tensor]) -> None:
             stack.extend(n for n, _ in node.next_functions if n is not None)
 
 
-def _record_dependencies(problem: Problem, state: State, named: Sequence[Tensor]) -> tuple[State, list[Tensor]]:
-    """Solve once with autograd recording and read off the graph the
-    leaf tensors requiring grad that func used, at any step. Returns the outputs and
-    those tensors (with `named` added).
+StepRecorder = Callable[[State, State], State]
+"""Given a step's output and its input, notes the leaves the step used and returns the
+output detached, to go on from."""
+
+
+def _record_dependencies(run: Callable[[State, StepRecorder], State], state: State,
+                         named: Sequence[Tensor]) -> tuple[State, list[Tensor]]:
+    """Solve once with autograd recording, step by step (`run(inputs, recorder)` calls the
+    recorder on each step's output), and read off each step's graph the leaf tensors
+    requiring grad that func used. Returns the outputs and those tensors (with `named`
+    added).
 
     The adjoint integrates a gradient for each of them, so each must be an object this
     code can name: a tensor computed outside the solve that requires grad (not a leaf)
-    is reachable only as a graph node, and is refused unless it is in `named`.
+    is reachable only as a graph node, and is refused unless it is in `named`. One step's
+    graph at a time: a solve of many steps recorded whole would be a graph deep enough to
+    overflow the stack when freed.
     """
     _check_named_independent(named)
     start = sequence_mark()
-    # A plain recorded forward: func may differentiate inside itself. The graph (and what
-    # it saves) goes when this function returns.
-    with torch.enable_grad():
-        inputs = tuple(s.detach().requires_grad_(s.requires_grad) for s in state)
-        outputs = problem.solve(inputs)
     found = {id(t): t for t in named}
-    for t in _leaves(outputs, inputs, named, start):
-        found.setdefault(id(t), t)
+
+    def recorder(out: State, inputs: State) -> State:
+        for t in _leaves(out, inputs, named, start):
+            found.setdefault(id(t), t)
+        return tuple(o.detach().requires_grad_(o.requires_grad) for o in out)
+
+    # A plain recorded forward: func may differentiate inside itself.
+    with torch.enable_grad():
+        outputs = run(tuple(s.detach().requires_grad_(s.requires_grad) for s in state), recorder)
     # .data, not .detach(): a detached view of a graph's output, returned by the Function,
     # could not be modified in place by the caller.
     return tuple(o.data for o in outputs), list(found.values())
+
+
+def _fixed_steps(problem: Problem) -> Callable[[State, StepRecorder], State]:
+    """run for _record_dependencies: the steps of a fixed-step problem."""
+
+    def run(state: State, recorder: StepRecorder) -> State:
+        states = [state]
+        for n in range(problem.steps):
+            state = recorder(problem.step(n, state), state)
+            states.append(state)
+        if problem.return_all:
+            return tuple(torch.stack([s[m] for s in states]) for m in range(len(state)))
+        return state
+
+    return run
 
 
 def _check_same_dependencies(f: State, y: State, params: Sequence[Tensor], start: int) -> None:
@@ -134,24 +162,43 @@ def solve_adjoint(problem: Problem, state: State, forward_state: ForwardState, n
             "grad='adjoint' gives no gradient with respect to t0 or t1; use grad='direct', 'anode' or "
             "'revolve' for learnable integration times"
         )
-    outputs, params = _record_dependencies(problem, state, named)
+    outputs, params = _record_dependencies(_fixed_steps(problem), state, named)
     return AdjointFunction.apply(problem, forward_state, outputs, len(state), *state, *params)
 
 
 class _FinalStateOnly:
-    """An adaptive problem seen as a map from y to y(t1): the adjoint differentiates the
-    continuous solution, so an FSAL pair's carried derivative k enters as a constant and
-    leaves without a gradient (kept in `k_final`)."""
+    """An adaptive problem seen as a map from y to y(t1), run for _record_dependencies: the
+    adjoint differentiates the continuous solution, so an FSAL pair's carried derivative k
+    enters as a constant and leaves without a gradient (kept in `k_final`)."""
 
     def __init__(self, problem: AdaptiveProblem, k: State) -> None:
         self.problem = problem
         self.k = k
         self.k_final: State = ()
 
-    def solve(self, y: State) -> State:
-        out = self.problem.solve((*y, *self.k))
+    def __call__(self, y: State, recorder: StepRecorder) -> State:
+        out = self.problem.solve((*y, *self.k), _StepsRecorded(recorder, (*y, *self.k)))
         self.k_final = tuple(v.detach() for v in out[len(y):])
         return out[:len(y)]
+
+
+class _StepsRecorded:
+    """The AttemptObserver that hands each accepted step of an adaptive solve to a
+    StepRecorder and goes on from the detached state it returns."""
+
+    def __init__(self, recorder: StepRecorder, state: State) -> None:
+        self.recorder = recorder
+        self.state = state
+
+    def starts(self) -> None:
+        pass
+
+    def ends(self, kept: bool) -> None:
+        pass
+
+    def step_done(self, state: State, final: bool) -> State:
+        self.state = self.recorder(state, self.state)
+        return self.state
 
 
 def solve_adjoint_adaptive(problem: AdaptiveProblem, state: State, forward_state: ForwardState,

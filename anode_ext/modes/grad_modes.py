@@ -21,11 +21,11 @@ from ..adaptive import AdaptiveProblem
 from ..reversible import ReversibleProblem
 from ..revolve import _check_budget, _check_checkpoints, checkpoints_for_budget
 from ..solver import Problem, State
-from .adaptive_anode import solve_adaptive_anode
+from .adaptive_recompute import solve_adaptive_recompute
 from .adjoint import solve_adjoint, solve_adjoint_adaptive
 from .checkpointed import solve_checkpointed
 from .reconstruct import solve_reconstructing
-from .replay import ForwardState, buffers_unchanged
+from .replay import ForwardState
 
 __all__ = [
     "GRAD_MODES", "Adjoint", "Anode", "Direct", "GradMode", "Recompute", "ReversibleGrad", "Revolve", "as_grad_mode",
@@ -112,8 +112,6 @@ class Recompute(GradMode):
 
     def _solve(self, problem: Problem, state: State, owner: Callable) -> State:
         if isinstance(problem, AdaptiveProblem):
-            if isinstance(self, Anode):
-                return _solve_adaptive_anode(problem, state, owner)
             return _solve_adaptive_recompute(self, problem, state, owner)
         return _solve_recompute(problem, state, self.checkpoints_for(problem, state), owner)
 
@@ -125,25 +123,9 @@ def _solve_recompute(problem: Problem, state: State, checkpoints: int | None, ow
 
 
 @_outside_compile
-def _solve_adaptive_anode(problem: AdaptiveProblem, state: State, owner: Callable) -> State:
-    return solve_adaptive_anode(problem, state, ForwardState(state), owner)
-
-
-@_outside_compile
 def _solve_adaptive_recompute(mode: Recompute, problem: AdaptiveProblem, state: State, owner: Callable) -> State:
-    """An adaptive solve in mode revolve, in two passes, since the schedule needs the
-    number of steps before the forward: the step-size search runs first, without a graph
-    and with its module buffer updates undone; then the accepted grid is solved in the
-    mode, replaying the search's evaluations (rejected attempts included) from the same
-    random state, so that the result, the buffers and the random state after it are the
-    search's. (A func that computes otherwise without grad would only move the grid: the
-    gradient is the exact one of the solve on it.)"""
-    forward_state = ForwardState(state)
-    with buffers_unchanged(), torch.no_grad():
-        problem.solve(state)
-    logged = problem.logged()
-    with forward_state.rng_replay():
-        return solve_checkpointed(logged, state, forward_state, mode.checkpoints_for(logged, state), owner)
+    checkpoints_for = None if isinstance(mode, Anode) else mode.checkpoints_for
+    return solve_adaptive_recompute(problem, state, ForwardState(state), owner, checkpoints_for)
 
 
 @dataclass(frozen=True, repr=False)

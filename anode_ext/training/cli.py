@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"anode-train: unknown model {args.model!r}; expected one of {', '.join(models.available())}")
     adaptive = args.method in PAIRS
     check_rtol = args.rtol if not adaptive else None
+    if args.rtol is not None and not adaptive and args.grad != "reversible":
+        raise SystemExit(f"anode-train: --rtol goes with an adaptive method ({', '.join(sorted(PAIRS))}) or with "
+                         "--grad reversible")
     try:
         grad_mode_named(args.grad, checkpoints=args.checkpoints, memory_budget=args.memory_budget, rtol=check_rtol)
     except ValueError as error:
@@ -192,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.atol is not None and not adaptive:
         raise SystemExit(f"anode-train: --atol goes with an adaptive method ({', '.join(sorted(PAIRS))})")
     reversible = args.method.startswith(PREFIX)
+    example = PREFIX + (args.method if args.method in TABLEAUX else "rk4")
     if args.coupling is not None and not reversible:
-        raise SystemExit(f"anode-train: --coupling goes with a reversible method such as --method {PREFIX}{args.method}")
+        raise SystemExit(f"anode-train: --coupling goes with a reversible method such as --method {example}")
     if args.grad == "reversible" and not reversible:
-        raise SystemExit(f"anode-train: --grad reversible needs a reversible method such as --method {PREFIX}{args.method}")
+        raise SystemExit(f"anode-train: --grad reversible needs a reversible method such as --method {example}")
     if args.grad == "adjoint" and reversible:
         raise SystemExit(f"anode-train: --grad adjoint does not step a reversible method; use --grad reversible or "
                          f"--method {args.method.removeprefix(PREFIX)}")

@@ -95,6 +95,10 @@ class RunConfig:
             )
         return Reversible(method.tableau, self.coupling)
 
+    def block_steps(self) -> int:
+        """steps as the ODE blocks take it: 1 (unused) with an adaptive method."""
+        return 1 if self.method in PAIRS else self.steps
+
     def milestones(self) -> list[int]:
         """Epochs after which the learning rate drops by 10 (halfway) and by 100 (three quarters)."""
         return sorted({max(1, round(0.5 * self.epochs)), max(1, round(0.75 * self.epochs))})
@@ -201,7 +205,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = models.create(
             config.model, num_classes=config.num_classes, in_channels=config.in_channels, width=config.width,
-            steps=config.steps, method=config.solve_method(), grad=config.grad_mode(),
+            steps=config.block_steps(), method=config.solve_method(), grad=config.grad_mode(),
             coupled=config.coupled, q=config.q, reaction=config.reaction,
         ).to(topo.device)
         self.net: nn.Module = (

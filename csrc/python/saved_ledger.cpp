@@ -202,9 +202,10 @@ class SavedLedger {
     Segment& s = segments_.at(segment);
     if (is_discarded(s, index)) {
       throw std::runtime_error("grad='" + mode_ +
-                               "': backward reached a tensor saved by a rejected step attempt of an adaptive "
-                               "solve (func kept a result of it for later use), which the recompute does not "
-                               "hold; use grad='direct' for such a func");
+                               "': backward reached a tensor saved by a rejected step attempt or the "
+                               "initial-step probe of an adaptive solve (func kept a result of it for later "
+                               "use), which the recompute does not hold; use grad='direct' for such a func "
+                               "(or first_step=..., which skips the probe)");
     }
     if (s.running) {
       // func differentiates inside itself while the forward runs: the tensor is there
