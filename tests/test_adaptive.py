@@ -343,6 +343,49 @@ def test_context_computed_at_funcs_first_call_is_refused_not_lost(grad):
         y.sum().backward()
 
 
+@pytest.mark.parametrize("grad", MODES, ids=str)
+def test_inside_activation_checkpointing_and_inside_another_solve(grad):
+    from torch.utils.checkpoint import checkpoint
+
+    def run(mode, outer):
+        func, x = make_func("mlp")
+        inner = lambda t, y: odeint(func, y, 0.0, 0.1, method="bosh3", rtol=1e-6, grad=mode)  # noqa: E731
+        if outer == "checkpoint":
+            y = checkpoint(lambda z: odeint(func, z, method="dopri5", rtol=1e-6, grad=mode), x, use_reentrant=False)
+        else:
+            y = odeint(inner, x, steps=2, method="rk4", grad=outer)
+        y.square().sum().backward()
+        return all_grads(func, x)
+
+    for outer in ("checkpoint", "anode", "revolve"):
+        expected = run("direct", outer if outer == "checkpoint" else "direct")
+        for g, e in zip(run(grad, outer), expected):
+            assert relative_error(g, e) <= TOLERANCE
+
+
+@pytest.mark.parametrize("grad", MODES, ids=str)
+def test_the_callers_saved_tensor_hooks_are_not_called_from_backward(grad):
+    func, x = make_func("mlp")
+    calls = {"forward": 0, "backward": 0}
+    phase = ["forward"]
+
+    def pack(t):
+        calls[phase[0]] += 1
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = odeint(func, x, method=Adaptive("dopri5", rtol=1e-7), grad=grad)
+    phase[0] = "backward"
+    y.sum().backward()
+    assert calls["forward"] > 0 and calls["backward"] == 0
+
+
+def test_adjoint_with_atol_zero_is_refused_in_the_forward():
+    func, x = make_func("mlp")
+    with pytest.raises(ValueError, match="needs atol > 0"):
+        odeint(func, x + 1, method=Adaptive("dopri5", rtol=1e-6, atol=0.0), grad="adjoint")
+
+
 def test_coupled_block_steps_adaptively_with_either_norm_and_any_batch():
     class Branch(nn.Module):
         def __init__(self):

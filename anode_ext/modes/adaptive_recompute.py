@@ -100,8 +100,11 @@ class AdaptiveRecomputeSolve(CheckpointedSolve):
 
     def _recompute(self, segment: int) -> None:
         if self.per_step and not self._checkpoints_placed:
-            # The states the schedule keeps, stepped to from the input.
+            # The states the schedule keeps, stepped to from the input, held through the
+            # backward's caller hooks (not the forward's: a torch.utils.checkpoint or an
+            # outer solve around this one has moved on).
             self._checkpoints_placed = True
+            self._start_recompute()
             self._restart()
         super()._recompute(segment)
 

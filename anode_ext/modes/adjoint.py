@@ -206,6 +206,13 @@ def solve_adjoint_adaptive(problem: AdaptiveProblem, state: State, forward_state
     """Solve an adaptive `problem` from `state` = (*y, *k) with the adjoint gradient: the
     adjoint system is solved back from t1 to t0 by the same pair and controller, its error
     measured over the state, the adjoint and the parameter gradients together."""
+    atol = problem.method.atol
+    positive = bool((atol > 0).all()) if isinstance(atol, Tensor) else atol > 0
+    if not positive:
+        raise ValueError(
+            "grad='adjoint' with an adaptive method needs atol > 0: the adjoint system's parameter gradients start "
+            "at 0, where an error measured relative to the solution alone cannot be scaled"
+        )
     n = len(state) // 2
     final_only = _FinalStateOnly(problem, tuple(v.detach() for v in state[n:]))
     outputs, params = _record_dependencies(final_only, state[:n], named)
