@@ -13,8 +13,8 @@ it has a Problem's interface (steps = the accepted steps), so the recompute mode
 (grad='anode', 'revolve') run it as they run a fixed-step solve, and recompute exactly the
 accepted steps of the forward. It evaluates the rejected attempts and the initial-step
 probe again too, in their places, so that random numbers and module buffers evolve as in
-the forward; what they save for backward is either kept from the mode (revolve) or
-recorded and let go at once (anode, whose ledger then meets every tensor the forward saved).
+the forward and the modes' ledger meets every tensor the forward saved; what those
+attempts saved is let go at once (anode_ext.modes.adaptive_recompute).
 
 The state of both problems is ``(*y, *k)``: k holds func's value at (t, y) when the pair is
 FSAL and it is known (from the previous step's last stage), else a placeholder (y again).
@@ -22,7 +22,6 @@ FSAL and it is known (from the previous step's last stage), else a placeholder (
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 from collections.abc import Callable
@@ -194,7 +193,7 @@ class SolverStats:
     Attributes:
         accepted, rejected: steps accepted and rejected.
         evaluations: func evaluations of the solve (NFE), the initial-step probe included.
-        initial_step: the size of the first step tried by the latest solve (units of t).
+        initial_step: the size of the first step tried by the latest call (units of t).
     """
 
     accepted: int = 0
@@ -504,12 +503,9 @@ class LoggedProblem:
     """A replay of an adaptive solve's log on its accepted grid, with a Problem's interface
     (steps, return_all, step, solve) for the recompute modes. Step n evaluates, in the
     forward's order, func at its start when no earlier stage gave it, the initial-step
-    probe (step 0) and the rejected attempts before it, then the accepted step.
-
-    Without `after_discarded`, the probe and the rejected attempts run under pass-through
-    saved-tensor hooks: nothing of theirs reaches a mode's ledger. With it, they run under
-    the hooks the caller set, and `after_discarded` is called after each (grad='anode',
-    whose forward recorded them, lets go of what they saved)."""
+    probe (step 0) and the rejected attempts before it, then the accepted step, all under
+    the caller's saved-tensor hooks; `after_discarded`, if given, is called after the
+    probe and after each rejected attempt (the modes let go of what they saved)."""
 
     func: StateFunc
     pair: EmbeddedTableau
@@ -539,15 +535,13 @@ class LoggedProblem:
         step = self.accepted[n]
         if not (self.pair.fsal and (n > 0 or self.k_given)):
             k = checked_derivative(self.func(step.t, y), y)
-        if self.rejected[n] or (n == 0 and self.log.probe is not None):
-            with self._discarded_work():
-                if n == 0 and self.log.probe is not None:
-                    offset = self.log.probe
-                    checked_derivative(self.func(step.t + offset, euler_probe(y, k, offset)), y)
-                    self._discarded()
-                for rejected in self.rejected[n]:
-                    attempt(self.func, self.pair, rejected.t, rejected.h, y, k)
-                    self._discarded()
+        if n == 0 and self.log.probe is not None:
+            offset = self.log.probe
+            checked_derivative(self.func(step.t + offset, euler_probe(y, k, offset)), y)
+            self._discarded()
+        for rejected in self.rejected[n]:
+            attempt(self.func, self.pair, rejected.t, rejected.h, y, k)
+            self._discarded()
         y1, ks = attempt(self.func, self.pair, step.t, step.h, y, k)
         return (*y1, *(ks[-1] if self.pair.fsal else y1))
 
@@ -556,15 +550,6 @@ class LoggedProblem:
             state = self.step(n, state)
         return state
 
-    def _discarded_work(self) -> contextlib.AbstractContextManager:
-        if self.after_discarded is not None:
-            return contextlib.nullcontext()
-        return torch.autograd.graph.saved_tensors_hooks(_same, _same)
-
     def _discarded(self) -> None:
         if self.after_discarded is not None:
             self.after_discarded()
-
-
-def _same(t: Tensor) -> Tensor:
-    return t

@@ -156,6 +156,10 @@ class Revolve(Recompute):
             per solve from the size of its state.
         Give at most one; with neither, ceil(log2 steps).
 
+    With an adaptive method the number of steps is known only once the forward has run:
+    the forward then keeps the input alone, and the backward first steps from it to the
+    states the schedule keeps (anode_ext.modes.adaptive_recompute).
+
     Raises:
         ValueError: for a checkpoint count or budget that is not a non-negative integer
             (checkpoints >= 1), or for both options at once; and from the first solve
