@@ -20,6 +20,11 @@
 // strided data (nested tensors, tensor subclasses, functorch wrappers) have neither their
 // shape checked nor a sample taken.
 //
+// An adaptive solve records its rejected step attempts too (they run in the forward and
+// in the recompute alike, so the tensors keep their places); what they saved is marked
+// discarded: the recompute compares those tensors and lets them go, and hands none of them
+// to autograd.
+//
 // grad='reversible' records segments from states reconstructed to rounding rather than
 // repeated bit for bit: such a recompute is inexact, and its samples are not compared (its
 // caller compares the reconstructed states to a tolerance instead).
