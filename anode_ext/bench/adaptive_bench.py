@@ -16,7 +16,8 @@ from ..odeint import odeint
 from .funcs import MLP
 from .memory import count_saved_bytes
 from .solvers import torchdiffeq
-from .timing import compare_timings, median_paired_difference, noisy_footnote, time_cell
+from .solver_costs import bare_evaluations
+from .timing import compare_timings, median_paired_difference, noisy_footnote, one_thread, time_cell
 
 try:
     import torchode
@@ -140,9 +141,7 @@ def step_overhead(repeats: int, dim: int = 16, hidden: int = 64, batch: int = 32
     Each library's bare evaluations chain func as many times as its solve calls it, so
     what is left is the solver's bookkeeping, stage arithmetic and error control: the
     median over rounds of the solve's time minus its bare chain's in the same round."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         torch.manual_seed(0)
         func = MLP(dim, hidden)
         x = torch.randn(batch, dim, requires_grad=True)
@@ -162,22 +161,14 @@ def step_overhead(repeats: int, dim: int = 16, hidden: int = 64, batch: int = 32
         if stats.rejected or steps[OURS] != stats.accepted:
             raise RuntimeError(f"step_overhead expects a solve without rejected steps, got {stats}")
 
-        def bare(evaluations: int) -> None:
-            y = x
-            for _ in range(evaluations):
-                y = func(0.0, y)
-            y.sum().backward()
-
         def solve(library: str) -> None:
             _solve(library, func, x, t1, rtol, atol).sum().backward()
 
         variants: dict[str, Callable[[], None]] = {}
         for library in found:
             variants[library] = lambda library=library: solve(library)
-            variants[f"bare {library}"] = lambda n=calls[library]: bare(n)
+            variants[f"bare {library}"] = lambda n=calls[library]: bare_evaluations(func, x, n)
         timings = compare_timings(variants, "cpu", warmup=2, repeats=repeats)
-    finally:
-        torch.set_num_threads(threads)
     samples = {name: list(t.samples) for name, t in timings.items()}
     overhead = {lib: median_paired_difference(samples, lib, f"bare {lib}") / steps[lib] * 1e6 for lib in found}
     result: dict[str, Any] = {

@@ -9,16 +9,18 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ..odeint import odeint
 from ..tableau import get_tableau
 from .blocks import block_gradients, gradient_error
 from .funcs import MLP, ConvBNReLU2, ConvReLU
 from .solvers import Solver, solvers, torchdiffeq
-from .timing import compare_timings, median_paired_difference, noisy_footnote, time_cell
+from .timing import compare_timings, median_paired_difference, noisy_footnote, one_thread, time_cell
 
 _TORCHDIFFEQ_ODEINT = "torchdiffeq odeint"
 _TORCHDIFFEQ_ADJOINT = "torchdiffeq odeint_adjoint"
@@ -93,6 +95,17 @@ def format_conv_block(result: dict[str, Any]) -> str:
     return "\n".join(lines) + noisy_footnote(result["timings"].values())
 
 
+def bare_evaluations(func: Callable[[float, Tensor], Tensor], x: Tensor, evaluations: int, train: bool = True) -> None:
+    """func chained `evaluations` times from x, then (with `train`) backward through the
+    chain: the matrix work of a solve's evaluations without its solver, for measuring a
+    solver's overhead."""
+    y = x
+    for _ in range(evaluations):
+        y = func(0.0, y)
+    if train:
+        y.sum().backward()
+
+
 def step_overhead(
     dim: int = 16, hidden: int = 64, batch: int = 32, method: str = "rk4", steps: int = 100, repeats: int = 25
 ) -> dict[str, Any]:
@@ -108,9 +121,7 @@ def step_overhead(
     these operations are too small to share, and a second thread waking up between them
     would be measured as overhead.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         torch.manual_seed(0)
         func = MLP(dim, hidden)
         x = torch.randn(batch, dim, requires_grad=True)
@@ -119,11 +130,7 @@ def step_overhead(
 
         def bare(train: bool) -> None:
             with torch.set_grad_enabled(train):
-                y = x
-                for _ in range(evaluations):
-                    y = func(0.0, y)
-                if train:
-                    y.sum().backward()
+                bare_evaluations(func, x, evaluations, train)
 
         def solve(solver: Solver, train: bool) -> None:
             with torch.set_grad_enabled(train):
@@ -139,8 +146,6 @@ def step_overhead(
         anode = Solver("anode", "anode_ext", "anode")
         variants["anode, forward+backward"] = lambda: solve(anode, True)
         timings = compare_timings(variants, "cpu", warmup=2, repeats=repeats)
-    finally:
-        torch.set_num_threads(threads)
     samples = {name: list(t.samples) for name, t in timings.items()}
     seconds = {name: t.median for name, t in timings.items()}
     overhead = {}

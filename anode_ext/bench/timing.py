@@ -9,6 +9,7 @@ flagged in the report with NOISY_MARK and a footnote rather than printed as if e
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -23,6 +24,19 @@ def synchronize(device: torch.device | str) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the body on one CPU thread (torch's intra-op threads), restoring the count after:
+    operations too small to share, where a second thread waking up between them would be
+    measured as overhead."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def compare_samples(
