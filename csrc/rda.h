@@ -60,9 +60,16 @@ inline void dispatch_taps_and_stages(int taps, int stages, Fn&& fn) {
 
 enum RdaReaction : int64_t { kReactionTanh = 0, kReactionRelu = 1, kReactionNone = 2 };
 
-template <typename acc_t>
+// Every function below is written for a value type V that is either one
+// accumulator (acc_t: a CUDA thread's slice) or a pack of lanes, one slice per
+// lane (the CPU kernels' RdaLanes, cpu/rda_lanes.h). V supports + - * +=, is
+// built from a constant as V(c), and has overloads of rda_tanh, rda_relu,
+// rda_relu_slope and rda_round found by argument-dependent lookup. Lane by lane
+// the arithmetic is the same, in the same order, as for one accumulator.
+
+template <typename V>
 struct RdaCoefficients {
-  acc_t d, u, v, r;
+  V d, u, v, r;
 };
 
 template <typename acc_t>
@@ -75,26 +82,44 @@ C10_HOST_DEVICE inline acc_t rda_tanh(acc_t x) {
 }
 
 template <typename acc_t>
-C10_HOST_DEVICE inline acc_t rda_reaction(acc_t x, int64_t kind) {
+C10_HOST_DEVICE inline acc_t rda_relu(acc_t x) {
+  return x > acc_t(0) ? x : acc_t(0);
+}
+
+// d relu / dx at x: 1 where x > 0, else 0.
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t rda_relu_slope(acc_t x) {
+  return x > acc_t(0) ? acc_t(1) : acc_t(0);
+}
+
+// x rounded to scalar_t and back: the value a stored stage tensor holds.
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t rda_round(acc_t x) {
+  return static_cast<acc_t>(static_cast<scalar_t>(x));
+}
+
+template <typename V>
+C10_HOST_DEVICE inline V rda_reaction(V x, int64_t kind) {
   if (kind == kReactionTanh) {
     return rda_tanh(x);
   }
   if (kind == kReactionRelu) {
-    return x > acc_t(0) ? x : acc_t(0);
+    return rda_relu(x);
   }
-  return acc_t(0);
+  return V(0);
 }
 
-template <typename acc_t>
-C10_HOST_DEVICE inline acc_t rda_reaction_derivative(acc_t x, int64_t kind) {
+// d rho / dx at x, given rho = rda_reaction(x, kind): 1 - rho^2 for tanh, so
+// that the backward evaluates tanh no more often than the forward does.
+template <typename V>
+C10_HOST_DEVICE inline V rda_reaction_slope(V x, V rho, int64_t kind) {
   if (kind == kReactionTanh) {
-    const acc_t t = rda_tanh(x);
-    return acc_t(1) - t * t;
+    return V(1) - rho * rho;
   }
   if (kind == kReactionRelu) {
-    return x > acc_t(0) ? acc_t(1) : acc_t(0);
+    return rda_relu_slope(x);
   }
-  return acc_t(0);
+  return V(0);
 }
 
 // The neighbours of tap (i, j) in an H x W slice, zero-flux at the border.
@@ -108,66 +133,69 @@ struct RdaStencil {
         right(j + 1 < W ? center + 1 : center) {}
 };
 
-// The four terms at one tap: lap, dx, dy, rho.
-template <typename acc_t>
+// The three differential terms at one tap: lap, dx, dy.
+template <typename V>
 struct RdaTerms {
-  acc_t lap, dx, dy, rho;
+  V lap, dx, dy;
 };
 
-template <typename acc_t>
-C10_HOST_DEVICE inline RdaTerms<acc_t> rda_terms(const acc_t* theta, const RdaStencil& s,
-                                                int64_t kind) {
-  const acc_t c = theta[s.center];
-  RdaTerms<acc_t> t;
-  t.lap = theta[s.up] + theta[s.down] + theta[s.left] + theta[s.right] - acc_t(4) * c;
-  t.dx = (theta[s.right] - theta[s.left]) * acc_t(0.5);
-  t.dy = (theta[s.down] - theta[s.up]) * acc_t(0.5);
-  t.rho = rda_reaction(c, kind);
+template <typename V>
+C10_HOST_DEVICE inline RdaTerms<V> rda_terms(const V* theta, const RdaStencil& s) {
+  const V c = theta[s.center];
+  RdaTerms<V> t;
+  t.lap = theta[s.up] + theta[s.down] + theta[s.left] + theta[s.right] - V(4) * c;
+  t.dx = (theta[s.right] - theta[s.left]) * V(0.5);
+  t.dy = (theta[s.down] - theta[s.up]) * V(0.5);
   return t;
 }
 
-// q(theta) of one slice.
-template <typename acc_t>
-C10_HOST_DEVICE inline void rda_slice(const acc_t* theta, acc_t* q, int H, int W,
-                                      RdaCoefficients<acc_t> k, int64_t kind) {
+// q(theta) of one slice; rho(theta) also into `rho` unless it is null.
+template <typename V>
+C10_HOST_DEVICE inline void rda_slice(const V* theta, V* q, int H, int W, RdaCoefficients<V> k, int64_t kind,
+                                      V* rho = nullptr) {
   for (int i = 0; i < H; ++i) {
     for (int j = 0; j < W; ++j) {
       const RdaStencil s(i, j, H, W);
-      const RdaTerms<acc_t> t = rda_terms(theta, s, kind);
-      q[s.center] = k.d * t.lap + k.u * t.dx + k.v * t.dy + k.r * t.rho;
+      const RdaTerms<V> t = rda_terms(theta, s);
+      const V r = rda_reaction(theta[s.center], kind);
+      if (rho != nullptr) {
+        rho[s.center] = r;
+      }
+      q[s.center] = k.d * t.lap + k.u * t.dx + k.v * t.dy + k.r * r;
     }
   }
 }
 
 // The adjoint of q at `theta` applied to `q_bar`: adds J^T q_bar to theta_bar and
 // the gradient with respect to (d, u, v, r) to sums[0..3]. Each forward
-// dependency is scattered back, so the result is the exact transpose.
-template <typename acc_t>
-C10_HOST_DEVICE inline void rda_slice_backward(const acc_t* theta, const acc_t* q_bar,
-                                               acc_t* theta_bar, acc_t* sums, int H, int W,
-                                               RdaCoefficients<acc_t> k, int64_t kind) {
+// dependency is scattered back, so the result is the exact transpose. `rho` holds
+// rho(theta) from rda_slice, or is null and rho is evaluated here.
+template <typename V>
+C10_HOST_DEVICE inline void rda_slice_backward(const V* theta, const V* q_bar, V* theta_bar, V* sums, int H, int W,
+                                               RdaCoefficients<V> k, int64_t kind, const V* rho = nullptr) {
   for (int i = 0; i < H; ++i) {
     for (int j = 0; j < W; ++j) {
       const RdaStencil s(i, j, H, W);
-      const acc_t g = q_bar[s.center];
-      const RdaTerms<acc_t> t = rda_terms(theta, s, kind);
+      const V g = q_bar[s.center];
+      const RdaTerms<V> t = rda_terms(theta, s);
+      const V r = rho != nullptr ? rho[s.center] : rda_reaction(theta[s.center], kind);
       sums[0] += g * t.lap;
       sums[1] += g * t.dx;
       sums[2] += g * t.dy;
-      sums[3] += g * t.rho;
-      const acc_t dg = k.d * g;
+      sums[3] += g * r;
+      const V dg = k.d * g;
       theta_bar[s.up] += dg;
       theta_bar[s.down] += dg;
       theta_bar[s.left] += dg;
       theta_bar[s.right] += dg;
-      theta_bar[s.center] -= acc_t(4) * dg;
-      const acc_t ug = k.u * g * acc_t(0.5);
+      theta_bar[s.center] -= V(4) * dg;
+      const V ug = k.u * g * V(0.5);
       theta_bar[s.right] += ug;
       theta_bar[s.left] -= ug;
-      const acc_t vg = k.v * g * acc_t(0.5);
+      const V vg = k.v * g * V(0.5);
       theta_bar[s.down] += vg;
       theta_bar[s.up] -= vg;
-      theta_bar[s.center] += k.r * g * rda_reaction_derivative(theta[s.center], kind);
+      theta_bar[s.center] += k.r * g * rda_reaction_slope(theta[s.center], r, kind);
     }
   }
 }
@@ -183,17 +211,17 @@ struct RdaTableau {
 
 // Stage input i of a slice, theta + sum_{j<i} ha[i][j] q[j], into x; for i >= 1
 // rounded through scalar_t, as the stored stage tensor is.
-template <int TAPS, typename scalar_t, typename acc_t>
-C10_HOST_DEVICE inline void rda_stage_input(const acc_t* theta, const acc_t (*q)[TAPS], int i, int taps,
-                                            const RdaTableau<acc_t>& tab, acc_t* x) {
+template <int TAPS, typename scalar_t, typename V, typename acc_t>
+C10_HOST_DEVICE inline void rda_stage_input(const V* theta, const V (*q)[TAPS], int i, int taps,
+                                            const RdaTableau<acc_t>& tab, V* x) {
   for (int e = 0; e < taps; ++e) {
-    acc_t acc = theta[e];
+    V acc = theta[e];
     for (int j = 0; j < i; ++j) {
       if (tab.ha[i][j] != acc_t(0)) {
-        acc = rk_accumulate(acc, tab.ha[i][j], q[j][e]);
+        acc = rk_accumulate(acc, V(tab.ha[i][j]), q[j][e]);
       }
     }
-    x[e] = i == 0 ? acc : static_cast<acc_t>(static_cast<scalar_t>(acc));
+    x[e] = i == 0 ? acc : rda_round<scalar_t>(acc);
   }
 }
 
@@ -202,29 +230,28 @@ C10_HOST_DEVICE inline void rda_stage_input(const acc_t* theta, const acc_t (*q)
 // theta^(i) for i = 1 .. stages - 1, then the new weight for i = stages. Leaves
 // q at every stage in q. Holding only q (not every stage input) keeps the
 // per-slice arrays of a GPU thread small.
-template <int TAPS, typename scalar_t, typename acc_t, typename Emit>
-C10_HOST_DEVICE inline void rda_rk_slice(const acc_t* theta, acc_t (*q)[TAPS], int H, int W,
-                                         RdaCoefficients<acc_t> k, int64_t kind, const RdaTableau<acc_t>& tab,
-                                         Emit&& emit) {
+template <int TAPS, typename scalar_t, typename V, typename acc_t, typename Emit>
+C10_HOST_DEVICE inline void rda_rk_slice(const V* theta, V (*q)[TAPS], int H, int W, RdaCoefficients<V> k,
+                                         int64_t kind, const RdaTableau<acc_t>& tab, Emit&& emit) {
   const int taps = H * W;
-  acc_t x[TAPS];
+  V x[TAPS];
   for (int i = 0; i < tab.stages; ++i) {
     rda_stage_input<TAPS, scalar_t>(theta, q, i, taps, tab, x);
     if (i > 0) {
-      emit(i, static_cast<const acc_t*>(x));
+      emit(i, static_cast<const V*>(x));
     }
     rda_slice(x, q[i], H, W, k, kind);
   }
   for (int e = 0; e < taps; ++e) {
-    acc_t acc = theta[e];
+    V acc = theta[e];
     for (int i = 0; i < tab.stages; ++i) {
       if (tab.hb[i] != acc_t(0)) {
-        acc = rk_accumulate(acc, tab.hb[i], q[i][e]);
+        acc = rk_accumulate(acc, V(tab.hb[i]), q[i][e]);
       }
     }
     x[e] = acc;
   }
-  emit(tab.stages, static_cast<const acc_t*>(x));
+  emit(tab.stages, static_cast<const V*>(x));
 }
 
 // The adjoint of rda_rk_slice. grad(i, e) is the gradient of output i (numbered
@@ -234,38 +261,40 @@ C10_HOST_DEVICE inline void rda_rk_slice(const acc_t* theta, acc_t (*q)[TAPS], i
 // The stages are swept backwards. Stage i's q_bar collects b_i * grad(stages)
 // and a_mi times the adjoint of every later stage input m as soon as that one is
 // complete, so one array per stage suffices (the stage inputs are re-formed from
-// q when needed rather than kept). q and q_bar are the caller's scratch.
-template <int TAPS, typename scalar_t, typename acc_t, typename Grad>
-C10_HOST_DEVICE inline void rda_rk_slice_backward(const acc_t* theta, Grad&& grad, acc_t (*q)[TAPS],
-                                                  acc_t (*q_bar)[TAPS], acc_t* theta_bar, acc_t* sums, int H,
-                                                  int W, RdaCoefficients<acc_t> k, int64_t kind,
-                                                  const RdaTableau<acc_t>& tab) {
+// q when needed rather than kept). q and q_bar are the caller's scratch; so is
+// rho, which keeps rho at every stage from the first sweep for the second (the
+// CPU kernels, where tanh is the dearest operation), or is null and rho is
+// evaluated again (a GPU thread, whose arrays should stay small).
+template <int TAPS, typename scalar_t, typename V, typename acc_t, typename Grad>
+C10_HOST_DEVICE inline void rda_rk_slice_backward(const V* theta, Grad&& grad, V (*q)[TAPS], V (*q_bar)[TAPS],
+                                                  V (*rho)[TAPS], V* theta_bar, V* sums, int H, int W,
+                                                  RdaCoefficients<V> k, int64_t kind, const RdaTableau<acc_t>& tab) {
   const int taps = H * W;
   const int stages = tab.stages;
-  acc_t x[TAPS];
+  V x[TAPS];
   for (int i = 0; i < stages; ++i) {
     rda_stage_input<TAPS, scalar_t>(theta, q, i, taps, tab, x);
-    rda_slice(x, q[i], H, W, k, kind);
+    rda_slice(x, q[i], H, W, k, kind, rho != nullptr ? rho[i] : nullptr);
   }
   for (int e = 0; e < taps; ++e) {
-    const acc_t g = grad(stages, e);
+    const V g = grad(stages, e);
     theta_bar[e] = g;
     for (int i = 0; i < stages; ++i) {
-      q_bar[i][e] = tab.hb[i] * g;
+      q_bar[i][e] = V(tab.hb[i]) * g;
     }
   }
-  acc_t x_bar[TAPS];
+  V x_bar[TAPS];
   for (int i = stages - 1; i >= 0; --i) {
     rda_stage_input<TAPS, scalar_t>(theta, q, i, taps, tab, x);
     for (int e = 0; e < taps; ++e) {
-      x_bar[e] = i == 0 ? acc_t(0) : grad(i, e);
+      x_bar[e] = i == 0 ? V(0) : grad(i, e);
     }
-    rda_slice_backward(x, q_bar[i], x_bar, sums, H, W, k, kind);
+    rda_slice_backward(x, q_bar[i], x_bar, sums, H, W, k, kind, rho != nullptr ? rho[i] : nullptr);
     for (int e = 0; e < taps; ++e) {
       theta_bar[e] += x_bar[e];
       for (int j = 0; j < i; ++j) {
         if (tab.ha[i][j] != acc_t(0)) {
-          q_bar[j][e] += tab.ha[i][j] * x_bar[e];
+          q_bar[j][e] += V(tab.ha[i][j]) * x_bar[e];
         }
       }
     }

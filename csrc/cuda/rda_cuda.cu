@@ -152,7 +152,10 @@ __global__ void rda_rk_step_backward_kernel(StageArray<const scalar_t*> grads, c
       acc_t slice_bar[TAPS];
       load(slice, theta + s * taps, taps);
       const auto grad = [&](int i, int e) { return static_cast<acc_t>(grads.items[i - 1][s * taps + e]); };
-      rda_rk_slice_backward<TAPS, scalar_t>(slice, grad, q, q_bar, slice_bar, sums, H, W, k, reaction, tab);
+      // rho is evaluated again in the second sweep rather than kept: the
+      // thread's arrays stay those of q and q_bar.
+      rda_rk_slice_backward<TAPS, scalar_t>(slice, grad, q, q_bar, static_cast<acc_t(*)[TAPS]>(nullptr), slice_bar,
+                                            sums, H, W, k, reaction, tab);
       store(grad_theta + s * taps, slice_bar, taps);
     }
     block_sum4(sums);
