@@ -1,5 +1,10 @@
 """The RDA ops against plain PyTorch: values, fused RK step, gradients, registration, errors."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from rda_reference import rda_reference
@@ -233,3 +238,51 @@ def test_double_backward_is_refused():
     theta.requires_grad_(True)
     with pytest.raises(RuntimeError, match="rda_rhs_backward is not differentiable"):
         torch.autograd.grad(rda_rhs(theta, coefficients).square().sum(), theta, create_graph=True)
+
+
+def _rda_outputs(dtype):
+    """Every RDA op on one weight of 61 lane groups (two threads' worth), with tanh."""
+    theta, coefficients = sample((37, 13, 3, 3), dtype=dtype, seed=3)
+    rk4 = TABLEAUX["rk4"]
+    a = [w for row in rk4.a for w in row]
+    g = torch.Generator().manual_seed(4)
+    grads = [torch.randn(theta.shape, generator=g).to(dtype) for _ in range(rk4.stages)]
+    return [
+        ops.rda_rhs(theta, coefficients, 0),
+        *ops.rda_rhs_backward(grads[0], theta, coefficients, 0),
+        *ops.rda_rk_step(theta, coefficients, 0, a, list(rk4.b), 0.3),
+        *ops.rda_rk_step_backward(grads, theta, coefficients, 0, a, list(rk4.b), 0.3),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=dtype_id)
+def test_cpu_results_do_not_depend_on_the_thread_count(dtype):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _rda_outputs(dtype)
+        torch.set_num_threads(2)
+        two = _rda_outputs(dtype)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_baseline_and_avx2_cpu_kernels_agree_bit_for_bit(tmp_path):
+    """The kernels built for the baseline instruction set (forced by the environment
+    variable, in a second process) give this process's results exactly; on a CPU
+    without AVX2 both processes run the baseline kernels."""
+    script = (
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_rda_ops import _rda_outputs\n"
+        "torch.save({str(d): _rda_outputs(d) for d in (torch.float32, torch.float64)}, sys.argv[1])\n"
+    )
+    out = tmp_path / "baseline.pt"
+    env = {**os.environ, "ANODE_EXT_RDA_BASELINE": "1"}
+    subprocess.run([sys.executable, "-c", script, str(out)], check=True, env=env, timeout=300)
+    baseline = torch.load(out, weights_only=True)
+    for dtype in (torch.float32, torch.float64):
+        for a, b in zip(_rda_outputs(dtype), baseline[str(dtype)], strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)

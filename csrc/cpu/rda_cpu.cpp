@@ -8,6 +8,9 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string>
+
 namespace anode_ext {
 namespace {
 
@@ -20,9 +23,17 @@ bool cpu_has_avx2() {
 #endif
 }
 
+// ANODE_EXT_RDA_BASELINE=1 in the environment at the first call takes the
+// baseline kernels on any CPU, so that the tests can compare the two builds.
+bool baseline_requested() {
+  const char* value = std::getenv("ANODE_EXT_RDA_BASELINE");
+  return value != nullptr && std::string(value) == "1";
+}
+
 const RdaCpuKernels& kernels() {
-  static const RdaCpuKernels& chosen =
-      rda_cpu_kernels_avx2() != nullptr && cpu_has_avx2() ? *rda_cpu_kernels_avx2() : rda_cpu_kernels_baseline();
+  static const RdaCpuKernels& chosen = rda_cpu_kernels_avx2() != nullptr && cpu_has_avx2() && !baseline_requested()
+                                           ? *rda_cpu_kernels_avx2()
+                                           : rda_cpu_kernels_baseline();
   return chosen;
 }
 

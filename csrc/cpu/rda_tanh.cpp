@@ -1,6 +1,6 @@
-// vector_tanh (rda_lanes.h). SLEEF ships inside libtorch_cpu on x86-64, whose
-// ATen calls Sleef_tanhf8_u35 / Sleef_tanhd4_u35 for torch.tanh; they take AVX
-// registers, so only the two small wrappers below are compiled for AVX, and they
+// vector_tanh (rda_lanes.h). SLEEF ships inside libtorch_cpu on x86-64 (ATen's
+// vectorized CPU math calls it). Sleef_tanhf8_u35 / Sleef_tanhd4_u35 (within 3.5
+// ulp) take AVX registers, so only the two small wrappers below are compiled for AVX, and they
 // run only on a CPU that has it. The declarations are weak: a torch without
 // SLEEF leaves them null and every value goes through std::tanh.
 
@@ -18,7 +18,7 @@ namespace {
 
 #ifdef ANODE_EXT_SLEEF_TANH
 bool cpu_has_avx() {
-  static const bool has = __builtin_cpu_supports("avx");
+  static const bool has = (__builtin_cpu_init(), __builtin_cpu_supports("avx"));
   return has;
 }
 
