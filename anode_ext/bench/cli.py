@@ -27,7 +27,7 @@ from .blocks import block_benchmark, format_block_rows
 from .coupled_bench import coupled_benchmark, format_coupled
 from .environment import best_device, describe
 from .models_bench import format_model_rows, model_benchmark
-from .ops import format_rk4_table, rk4_combine_benchmark
+from .ops import format_rda_ops, format_rk4_table, rda_filters_for, rda_ops_benchmark, rk4_combine_benchmark
 from .overhead import format_overhead, overhead_benchmark
 from .plots import plot_blocks, plot_reversibility, plot_work_precision
 from .reversibility import format_reversibility, reversibility
@@ -161,6 +161,12 @@ def ops_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
     dtypes = [torch.float32, torch.bfloat16] if args.device == "cuda" else [torch.float32]
     rows = [rk4_combine_benchmark(p.numel, args.device, dtype, max(p.repeats, 5)) for dtype in dtypes]
     return rows, "rk_combine: the fused RK4 update against eager PyTorch and the memory floor", format_rk4_table(rows)
+
+
+def rda_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
+    dtypes = [torch.float32, torch.bfloat16] if args.device == "cuda" else [torch.float32]
+    rows = [rda_ops_benchmark(rda_filters_for(p.numel), args.device, dtype, max(p.repeats, 5)) for dtype in dtypes]
+    return rows, "RDA ops: q, the fused RK4 weight step and its backward against their floors", format_rda_ops(rows)
 
 
 def overhead_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
@@ -342,6 +348,7 @@ def soak_section(args: argparse.Namespace, p: Preset) -> tuple[Any, str, str]:
 
 SECTIONS: dict[str, Section] = {
     "ops": ops_section,
+    "rda": rda_section,
     "overhead": overhead_section,
     "step_overhead": step_overhead_section,
     "conv_block": conv_block_section,
