@@ -171,21 +171,59 @@ def test_repr():
     assert "steps=3, method=rk4, grad=Revolve(checkpoints=2), q=RDA, evolving=2" in text
 
 
-def test_tied_weights_evolve_once():
-    class Tied(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.l1, self.l2 = nn.Linear(4, 4), nn.Linear(4, 4)
-            self.l2.weight = self.l1.weight
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.l2.weight = self.l1.weight
 
-        def forward(self, t, x):
-            return self.l2(torch.tanh(self.l1(x)))
+    def forward(self, t, x):
+        return self.l2(torch.tanh(self.l1(x)))
 
+
+def rk4_with_functional_call(func, q, names, x, params, steps):
+    """The coupled solve written plainly: torch.func.functional_call (which replaces a tied
+    weight everywhere) at every stage, the weights stepped through q like the state."""
+    h = 1.0 / steps
+
+    def joint(t, z, thetas):
+        dz = torch.func.functional_call(func, dict(zip(names, thetas)), (t, z), tie_weights=True)
+        return dz, q(t, thetas)
+
+    z, thetas = x, tuple(params)
+    for n in range(steps):
+        t = n * h
+        k1 = joint(t, z, thetas)
+        k2 = joint(t + h / 2, z + h / 2 * k1[0], tuple(a + h / 2 * b for a, b in zip(thetas, k1[1])))
+        k3 = joint(t + h / 2, z + h / 2 * k2[0], tuple(a + h / 2 * b for a, b in zip(thetas, k2[1])))
+        k4 = joint(t + h, z + h * k3[0], tuple(a + h * b for a, b in zip(thetas, k3[1])))
+        z = z + h / 6 * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0])
+        thetas = tuple(a + h / 6 * (b1 + 2 * b2 + 2 * b3 + b4)
+                       for a, b1, b2, b3, b4 in zip(thetas, k1[1], k2[1], k3[1], k4[1]))
+    return z
+
+
+@pytest.mark.parametrize("grad", ["direct", "anode", "revolve"])
+def test_tied_weights_evolve_once_and_everywhere(grad):
+    """A weight tied between two layers evolves once and both layers use the evolved
+    weight: outputs and gradients equal a plain solve through functional_call."""
     assert evolving_weights(Tied()) == ["l1.weight"]
-    block = CoupledODEBlock(Tied(), steps=2).double()
+    torch.manual_seed(0)
+    block = CoupledODEBlock(Tied(), steps=2, grad=grad).double()
+    with torch.no_grad():
+        block.q.coefficients[0].copy_(torch.tensor([[0.0], [0.0], [0.0], [0.7]]).expand(4, 4))
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    block(x).sum().backward()
-    assert x.grad is not None
+    y = block(x)
+    got = torch.autograd.grad((y * y).sum(), [x, *block.parameters()])
+    params = dict(block.func.named_parameters())
+    expected_y = rk4_with_functional_call(block.func, block.q, block.weight_names, x,
+                                          [params[n] for n in block.weight_names], steps=2)
+    expected = torch.autograd.grad((expected_y * expected_y).sum(), [x, *block.parameters()])
+    torch.testing.assert_close(y, expected_y, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got, expected, strict=True):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert block.func.l2.weight is block.func.l1.weight and isinstance(block.func.l1.weight, nn.Parameter)
 
 
 @pytest.mark.parametrize("grad", ["anode", "revolve"])
@@ -197,3 +235,16 @@ def test_tableau_of_more_stages_than_the_fused_step_takes(grad):
     for a, b in zip(got[1], expected[1]):
         assert b.abs().max() > 0
         assert relative_error(a, b) < 1e-10
+
+
+def test_a_func_that_raises_leaves_its_parameters_in_place():
+    class Failing(Tied):
+        def forward(self, t, x):
+            raise ValueError("func failed")
+
+    block = CoupledODEBlock(Failing(), steps=1)
+    weight = block.func.l1.weight
+    with pytest.raises(ValueError, match="func failed"):
+        block(torch.randn(2, 4))
+    assert block.func.l1.weight is weight and block.func.l2.weight is weight
+    assert dict(block.func.named_parameters())["l1.weight"] is weight
