@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 namespace anode_ext {
@@ -82,6 +83,44 @@ inline RdaLanes<acc_t> rda_round(RdaLanes<acc_t> x) {
   return RdaLanes<acc_t>::load(values);
 }
 
+// The square transpose of kLanes vectors of kLanes lanes, in registers:
+// rows[l][e] becomes rows[e][l]. Three rounds of shuffles for float (8 x 8), two
+// for double (4 x 4).
+inline void transpose(RawLanes<float>::type* rows) {
+  using V = RawLanes<float>::type;
+  typedef int32_t Mask __attribute__((vector_size(32)));
+  const Mask lo{0, 8, 1, 9, 4, 12, 5, 13}, hi{2, 10, 3, 11, 6, 14, 7, 15};
+  const Mask lo2{0, 1, 8, 9, 4, 5, 12, 13}, hi2{2, 3, 10, 11, 6, 7, 14, 15};
+  const Mask lo4{0, 1, 2, 3, 8, 9, 10, 11}, hi4{4, 5, 6, 7, 12, 13, 14, 15};
+  V t[8], u[8];
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = __builtin_shuffle(rows[k], rows[k + 1], lo);
+    t[k + 1] = __builtin_shuffle(rows[k], rows[k + 1], hi);
+  }
+  for (int k = 0; k < 8; k += 4) {
+    u[k] = __builtin_shuffle(t[k], t[k + 2], lo2);
+    u[k + 1] = __builtin_shuffle(t[k], t[k + 2], hi2);
+    u[k + 2] = __builtin_shuffle(t[k + 1], t[k + 3], lo2);
+    u[k + 3] = __builtin_shuffle(t[k + 1], t[k + 3], hi2);
+  }
+  for (int k = 0; k < 4; ++k) {
+    rows[k] = __builtin_shuffle(u[k], u[k + 4], lo4);
+    rows[k + 4] = __builtin_shuffle(u[k], u[k + 4], hi4);
+  }
+}
+
+inline void transpose(RawLanes<double>::type* rows) {
+  using V = RawLanes<double>::type;
+  typedef int64_t Mask __attribute__((vector_size(32)));
+  const Mask lo{0, 4, 2, 6}, hi{1, 5, 3, 7}, lo2{0, 1, 4, 5}, hi2{2, 3, 6, 7};
+  const V t0 = __builtin_shuffle(rows[0], rows[1], lo), t1 = __builtin_shuffle(rows[0], rows[1], hi);
+  const V t2 = __builtin_shuffle(rows[2], rows[3], lo), t3 = __builtin_shuffle(rows[2], rows[3], hi);
+  rows[0] = __builtin_shuffle(t0, t2, lo2);
+  rows[1] = __builtin_shuffle(t1, t3, lo2);
+  rows[2] = __builtin_shuffle(t0, t2, hi2);
+  rows[3] = __builtin_shuffle(t1, t3, hi2);
+}
+
 // Lane l of tap e from src[l * stride + e]: built in registers from the scalars
 // (writing them to memory and loading one vector would stall on store
 // forwarding).
@@ -90,12 +129,59 @@ inline RdaLanes<acc_t> lanes_of(const scalar_t* src, int64_t stride, std::index_
   return RdaLanes<acc_t>(typename RdaLanes<acc_t>::Raw{static_cast<acc_t>(src[L * stride])...});
 }
 
+// Taps c .. c + kLanes - 1 of kLanes slices of `taps` values from `from` (a full
+// group, tensor dtype equal to acc_t): unaligned row loads and one transpose.
+template <typename acc_t>
+inline void gather_block(RdaLanes<acc_t>* dst, const acc_t* from, int taps, int c) {
+  constexpr int L = RdaLanes<acc_t>::kLanes;
+  typename RdaLanes<acc_t>::Raw rows[L];
+  for (int l = 0; l < L; ++l) {
+    std::memcpy(&rows[l], from + l * taps + c, sizeof(rows[l]));
+  }
+  transpose(rows);
+  for (int e = 0; e < L; ++e) {
+    dst[c + e] = RdaLanes<acc_t>(rows[e]);
+  }
+}
+
+// The inverse of gather_block.
+template <typename acc_t>
+inline void scatter_block(acc_t* to, const RdaLanes<acc_t>* src, int taps, int c) {
+  constexpr int L = RdaLanes<acc_t>::kLanes;
+  typename RdaLanes<acc_t>::Raw rows[L];
+  for (int e = 0; e < L; ++e) {
+    rows[e] = src[c + e].v;
+  }
+  transpose(rows);
+  for (int l = 0; l < L; ++l) {
+    std::memcpy(to + l * taps + c, &rows[l], sizeof(rows[l]));
+  }
+}
+
 // Lanes of `count` consecutive slices of `taps` values each, starting at slice
 // `first` of src: dst[e] holds tap e of every slice; lanes past `count` are 0.
+// A full group of slices of at least kLanes taps in the accumulation dtype is read
+// by rows and transposed in registers (the last block overlaps the one before
+// when kLanes does not divide taps); a single tap is one contiguous vector.
 template <typename scalar_t, typename acc_t>
 inline void gather_slices(RdaLanes<acc_t>* dst, const scalar_t* src, int64_t first, int count, int taps) {
   constexpr int L = RdaLanes<acc_t>::kLanes;
   const scalar_t* from = src + first * taps;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (count == L && taps == 1) {
+      dst[0] = RdaLanes<acc_t>::load(from);
+      return;
+    }
+    if (count == L && taps >= L) {
+      for (int c = 0; c + L <= taps; c += L) {
+        gather_block(dst, from, taps, c);
+      }
+      if (taps % L != 0) {
+        gather_block(dst, from, taps, taps - L);
+      }
+      return;
+    }
+  }
   scalar_t padded[L * kRdaMaxTaps];
   if (count < L) {
     std::fill(std::copy(from, from + count * taps, padded), padded + L * taps, scalar_t(0));
@@ -110,11 +196,27 @@ inline void gather_slices(RdaLanes<acc_t>* dst, const scalar_t* src, int64_t fir
 template <typename scalar_t, typename acc_t>
 inline void scatter_slices(scalar_t* dst, const RdaLanes<acc_t>* src, int64_t first, int count, int taps) {
   constexpr int L = RdaLanes<acc_t>::kLanes;
+  scalar_t* to = dst + first * taps;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (count == L && taps == 1) {
+      src[0].store(to);
+      return;
+    }
+    if (count == L && taps >= L) {
+      for (int c = 0; c + L <= taps; c += L) {
+        scatter_block(to, src, taps, c);
+      }
+      if (taps % L != 0) {
+        scatter_block(to, src, taps, taps - L);
+      }
+      return;
+    }
+  }
   alignas(32) acc_t values[L];
   for (int e = 0; e < taps; ++e) {
     src[e].store(values);
     for (int l = 0; l < count; ++l) {
-      dst[(first + l) * taps + e] = static_cast<scalar_t>(values[l]);
+      to[l * taps + e] = static_cast<scalar_t>(values[l]);
     }
   }
 }
