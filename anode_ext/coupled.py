@@ -95,6 +95,9 @@ class _FusedWeights:
 
     def __init__(self, joint: _JointDynamics) -> None:
         self.joint = joint
+        # The fused kernels are deterministic (also across thread counts) and read only the
+        # weights and the RDA coefficients, whose in-place changes the recompute refuses.
+        self.repeatable = len(joint.block.weight_names)
 
     def stages(self, t: float, h: float, state: State) -> Supplied:
         block = self.joint.block

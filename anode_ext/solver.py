@@ -139,6 +139,12 @@ def rk_step(func: StateFunc, t: Time, h: Time, state: State, tableau: Tableau,
 class Supply(Protocol):
     """Steps the trailing tensors of a problem's state by other means than func."""
 
+    #: How many trailing tensors of the state the supply computes by deterministic kernels
+    #: from the step's start state and parameters alone, so that a recompute from the same
+    #: start repeats them bit for bit (0 if it cannot promise that). The check that an
+    #: anode/revolve recompute repeated the forward fingerprints the other tensors only.
+    repeatable: int
+
     def stages(self, t: Time, h: Time, state: State) -> Supplied:
         """Their stages over the step of size h from (t, state)."""
 

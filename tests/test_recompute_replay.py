@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anode_ext import odeint
+from anode_ext import CoupledODEBlock, odeint
 from anode_ext.modes import grad_mode_named
 
 pytestmark = pytest.mark.filterwarnings(
@@ -562,3 +562,29 @@ def test_nested_tensors_inside_func(mode, c):
     got = torch.autograd.grad(odeint(func, x, steps=2, grad=grad_mode_named(mode, checkpoints=c)).sum(), [x, w])
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+@pytest.mark.parametrize("cause", ["attribute", "generator"])
+def test_coupled_blocks_refuse_a_recompute_that_differs(grad, checkpoints, cause):
+    """A coupled block's check fingerprints the state only (its weights come from the
+    deterministic fused kernel); a func whose recompute differs is still refused."""
+
+    class Drifting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+            self.condition = torch.zeros(4)
+            self.generator = torch.Generator().manual_seed(0)
+
+        def forward(self, t, y):
+            noise = torch.rand(y.shape, generator=self.generator) if cause == "generator" else 1.0
+            return torch.tanh(self.lin(y) + self.condition) * noise
+
+    def build(mode, c):
+        block = CoupledODEBlock(Drifting(), steps=3, grad=grad_mode_named(mode, checkpoints=c))
+        y = block(torch.randn(3, 4, requires_grad=True))
+        block.func.condition = torch.ones(4)
+        return y
+
+    refused(build, grad, checkpoints)

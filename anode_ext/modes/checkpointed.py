@@ -244,7 +244,14 @@ class CheckpointedSolve:
 
     def _segment_done(self, segment: int, out: State) -> None:
         self.ledger.end_segment(segment)  # its saved tensors go: the backward recomputes them
-        self.fingerprints[segment] = fingerprint(out)
+        self.fingerprints[segment] = fingerprint(self._checked(out))
+
+    def _checked(self, state: State) -> State:
+        """The tensors of a step's output whose fingerprint checks the recompute: all but
+        those a supply promises to repeat (Supply.repeatable)."""
+        supply = getattr(self.problem, "supply", None)
+        repeatable = 0 if supply is None else supply.repeatable
+        return state[: len(state) - repeatable]
 
     # --- backward --------------------------------------------------------------
 
@@ -349,7 +356,7 @@ class CheckpointedSolve:
         if whole and self.problem.return_all:
             out = tuple(o[-1] for o in out)
         differs = self.ledger.finish_record()
-        if not differs and not same_fingerprint(fingerprint(out), self.fingerprints[first]):
+        if not differs and not same_fingerprint(fingerprint(self._checked(out)), self.fingerprints[first]):
             differs = (
                 "the recomputed states differ from the forward's; if func uses a nondeterministic operation "
                 "(an atomic scatter_add or index_add on a GPU, say), torch.use_deterministic_algorithms(True) "
