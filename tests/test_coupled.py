@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from odefuncs import ConvBNFunc
 from testing import relative_error
 from torch import nn
@@ -181,16 +182,11 @@ class Tied(nn.Module):
         return self.l2(torch.tanh(self.l1(x)))
 
 
-def rk4_with_functional_call(func, q, names, x, params, steps):
-    """The coupled solve written plainly: torch.func.functional_call (which replaces a tied
-    weight everywhere) at every stage, the weights stepped through q like the state."""
+def rk4_coupled(joint, x, thetas, steps):
+    """The coupled solve written plainly: RK4 on (z, thetas), joint(t, z, thetas) giving
+    (dz/dt, dthetas/dt), the weights stepped like the state."""
     h = 1.0 / steps
-
-    def joint(t, z, thetas):
-        dz = torch.func.functional_call(func, dict(zip(names, thetas)), (t, z), tie_weights=True)
-        return dz, q(t, thetas)
-
-    z, thetas = x, tuple(params)
+    z, thetas = x, tuple(thetas)
     for n in range(steps):
         t = n * h
         k1 = joint(t, z, thetas)
@@ -201,6 +197,17 @@ def rk4_with_functional_call(func, q, names, x, params, steps):
         thetas = tuple(a + h / 6 * (b1 + 2 * b2 + 2 * b3 + b4)
                        for a, b1, b2, b3, b4 in zip(thetas, k1[1], k2[1], k3[1], k4[1]))
     return z
+
+
+def rk4_with_functional_call(func, q, names, x, params, steps):
+    """rk4_coupled through torch.func.functional_call (which replaces a tied weight
+    everywhere) at every stage."""
+
+    def joint(t, z, thetas):
+        dz = torch.func.functional_call(func, dict(zip(names, thetas)), (t, z), tie_weights=True)
+        return dz, q(t, thetas)
+
+    return rk4_coupled(joint, x, params, steps)
 
 
 @pytest.mark.parametrize("grad", ["direct", "anode", "revolve"])
@@ -248,3 +255,37 @@ def test_a_func_that_raises_leaves_its_parameters_in_place():
         block(torch.randn(2, 4))
     assert block.func.l1.weight is weight and block.func.l2.weight is weight
     assert dict(block.func.named_parameters())["l1.weight"] is weight
+
+
+@pytest.mark.parametrize("grad", ["direct", "anode", "revolve"])
+def test_a_submodule_registered_twice_uses_the_evolved_weight_both_times(grad):
+    """One Linear under two names: its weight evolves once and both calls use the evolved
+    weight, as a solve written with F.linear on that weight does."""
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = self.b = nn.Linear(4, 4)
+            self.c = nn.Linear(4, 4)
+
+        def forward(self, t, x):
+            return self.c(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+    torch.manual_seed(0)
+    block = CoupledODEBlock(Shared(), steps=2, grad=grad).double()
+    assert block.weight_names == ["a.weight", "c.weight"]
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    y = block(x)
+    got = torch.autograd.grad((y * y).sum(), [x, *block.parameters()])
+    p = dict(block.func.named_parameters())
+
+    def joint(t, z, thetas):
+        wa, wc = thetas
+        hidden = torch.tanh(F.linear(torch.tanh(F.linear(z, wa, p["a.bias"])), wa, p["a.bias"]))
+        return F.linear(hidden, wc, p["c.bias"]), block.q(t, thetas)
+
+    z = rk4_coupled(joint, x, (p["a.weight"], p["c.weight"]), steps=2)
+    expected = torch.autograd.grad((z * z).sum(), [x, *block.parameters()])
+    torch.testing.assert_close(y, z, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -126,7 +126,6 @@ at::Tensor slice_sums_buffer(const at::Tensor& theta, int64_t slices) {
 
 void rhs(const at::Tensor& theta, const at::Tensor& coefficients, const RdaGeometry& g, int64_t reaction,
          at::Tensor& out) {
-  const int taps = g.H * g.W;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, theta.scalar_type(), "rda_rhs_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     using V = RdaLanes<acc_t>;
@@ -148,7 +147,6 @@ void rhs(const at::Tensor& theta, const at::Tensor& coefficients, const RdaGeome
 
 void rhs_backward(const at::Tensor& grad, const at::Tensor& theta, const at::Tensor& coefficients,
                   const RdaGeometry& g, int64_t reaction, at::Tensor& grad_theta, at::Tensor& grad_coefficients) {
-  const int taps = g.H * g.W;
   const int64_t slices = g.cout * g.cin;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, theta.scalar_type(), "rda_rhs_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;

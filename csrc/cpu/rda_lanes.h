@@ -21,7 +21,7 @@ namespace anode_ext {
 // ulp: the variant ATen's torch.tanh calls is within 1.0 ulp and 2.5 times slower
 // here) where the CPU runs AVX and the values fill one 256-bit register,
 // std::tanh otherwise. The baseline and AVX2 kernels call the same function, so
-// their results are equal bit for bit.
+// their results are equal bit for bit (a NaN's sign and payload aside).
 void vector_tanh(float* values, int count);
 void vector_tanh(double* values, int count);
 
