@@ -33,7 +33,11 @@ __all__ = ["CoupledODEBlock", "evolving_weights"]
 def evolving_weights(func: nn.Module) -> list[str]:
     """Names of the weights that evolve by default: those of every nn.Conv1d, nn.Conv2d and
     nn.Linear layer (not transposed convolutions), each once under the name
-    ``named_parameters()`` gives it (a weight tied between layers evolves once)."""
+    ``named_parameters()`` gives it (a weight tied between layers evolves once).
+
+    A parametrized weight (torch.nn.utils.parametrize, weight_norm, spectral_norm) is not a
+    parameter of its layer and is left out; name the parameter it is computed from (say
+    ``"conv.parametrizations.weight.original"``) in the block's ``weights`` to evolve it."""
     canonical = {id(p): name for name, p in func.named_parameters()}
     names: list[str] = []
     for module in func.modules():
