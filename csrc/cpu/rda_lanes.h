@@ -29,14 +29,23 @@ void vector_tanh(double* values, int count);
 // the compiler may not assume AVX on.
 template <typename acc_t>
 struct RawLanes;
+// `mask` is what a lane-wise comparison gives: all bits set where it holds.
 template <>
 struct RawLanes<float> {
   typedef float type __attribute__((vector_size(32)));
+  typedef int32_t mask __attribute__((vector_size(32)));
 };
 template <>
 struct RawLanes<double> {
   typedef double type __attribute__((vector_size(32)));
+  typedef int64_t mask __attribute__((vector_size(32)));
 };
+
+// GCC's __builtin_shuffle builds the in-register transpose; other compilers take the
+// lane-by-lane path.
+#if defined(__GNUC__) && !defined(__clang__)
+#define ANODE_EXT_RDA_TRANSPOSE 1
+#endif
 
 template <typename acc_t>
 struct RdaLanes {
@@ -68,8 +77,16 @@ struct RdaLanes {
     vector_tanh(values, kLanes);
     return load(values);
   }
-  friend RdaLanes rda_relu(RdaLanes x) { return RdaLanes(x.v > Raw{} ? x.v : Raw{}); }
-  friend RdaLanes rda_relu_slope(RdaLanes x) { return RdaLanes(x.v > Raw{} ? Raw{} + acc_t(1) : Raw{}); }
+  // Selections by bit masks (x > 0 keeps x, or 1; NaN and -0 give +0, as the scalar form).
+  friend RdaLanes rda_relu(RdaLanes x) { return RdaLanes(keep_where_positive(x.v, x.v)); }
+  friend RdaLanes rda_relu_slope(RdaLanes x) { return RdaLanes(keep_where_positive(x.v, Raw{} + acc_t(1))); }
+
+ private:
+  static Raw keep_where_positive(Raw x, Raw value) {
+    using Mask = typename RawLanes<acc_t>::mask;
+    const Mask positive = x > Raw{};
+    return (Raw)((Mask)value & positive);
+  }
 };
 
 // x rounded to scalar_t and back in every lane: the value a stored stage tensor holds.
@@ -83,6 +100,7 @@ inline RdaLanes<acc_t> rda_round(RdaLanes<acc_t> x) {
   return RdaLanes<acc_t>::load(values);
 }
 
+#ifdef ANODE_EXT_RDA_TRANSPOSE
 // The square transpose of kLanes vectors of kLanes lanes, in registers:
 // rows[l][e] becomes rows[e][l]. Three rounds of shuffles for float (8 x 8), two
 // for double (4 x 4).
@@ -121,6 +139,8 @@ inline void transpose(RawLanes<double>::type* rows) {
   rows[3] = __builtin_shuffle(t1, t3, hi2);
 }
 
+#endif
+
 // Lane l of tap e from src[l * stride + e]: built in registers from the scalars
 // (writing them to memory and loading one vector would stall on store
 // forwarding).
@@ -129,6 +149,7 @@ inline RdaLanes<acc_t> lanes_of(const scalar_t* src, int64_t stride, std::index_
   return RdaLanes<acc_t>(typename RdaLanes<acc_t>::Raw{static_cast<acc_t>(src[L * stride])...});
 }
 
+#ifdef ANODE_EXT_RDA_TRANSPOSE
 // Taps c .. c + kLanes - 1 of kLanes slices of `taps` values from `from` (a full
 // group, tensor dtype equal to acc_t): unaligned row loads and one transpose.
 template <typename acc_t>
@@ -158,6 +179,8 @@ inline void scatter_block(acc_t* to, const RdaLanes<acc_t>* src, int taps, int c
   }
 }
 
+#endif
+
 // Lanes of `count` consecutive slices of `taps` values each, starting at slice
 // `first` of src: dst[e] holds tap e of every slice; lanes past `count` are 0.
 // A full group of slices of at least kLanes taps in the accumulation dtype is read
@@ -172,6 +195,7 @@ inline void gather_slices(RdaLanes<acc_t>* dst, const scalar_t* src, int64_t fir
       dst[0] = RdaLanes<acc_t>::load(from);
       return;
     }
+#ifdef ANODE_EXT_RDA_TRANSPOSE
     if (count == L && taps >= L) {
       for (int c = 0; c + L <= taps; c += L) {
         gather_block(dst, from, taps, c);
@@ -181,6 +205,7 @@ inline void gather_slices(RdaLanes<acc_t>* dst, const scalar_t* src, int64_t fir
       }
       return;
     }
+#endif
   }
   scalar_t padded[L * kRdaMaxTaps];
   if (count < L) {
@@ -202,6 +227,7 @@ inline void scatter_slices(scalar_t* dst, const RdaLanes<acc_t>* src, int64_t fi
       src[0].store(to);
       return;
     }
+#ifdef ANODE_EXT_RDA_TRANSPOSE
     if (count == L && taps >= L) {
       for (int c = 0; c + L <= taps; c += L) {
         scatter_block(to, src, taps, c);
@@ -211,6 +237,7 @@ inline void scatter_slices(scalar_t* dst, const RdaLanes<acc_t>* src, int64_t fi
       }
       return;
     }
+#endif
   }
   alignas(32) acc_t values[L];
   for (int e = 0; e < taps; ++e) {
