@@ -110,7 +110,7 @@ C10_HOST_DEVICE inline V rda_reaction(V x, int64_t kind) {
 }
 
 // d rho / dx at x, given rho = rda_reaction(x, kind): 1 - rho^2 for tanh, so
-// that the backward evaluates tanh no more often than the forward does.
+// that the slope costs no tanh of its own.
 template <typename V>
 C10_HOST_DEVICE inline V rda_reaction_slope(V x, V rho, int64_t kind) {
   if (kind == kReactionTanh) {
