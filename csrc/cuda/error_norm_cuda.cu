@@ -4,6 +4,7 @@
 
 #include "../error_norm.h"
 #include "../rk_combine.h"
+#include "operand_array.cuh"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -18,19 +19,12 @@
 namespace anode_ext {
 namespace {
 
-// ks per launch: read from the parameter space, indexed only in loops unrolled to this
-// bound. Longer error sums are added by several launches into the same total.
-constexpr int kMaxErrorOperands = 16;
+// Longer error sums than kMaxOperands ks are added by several launches into the same total.
 constexpr int kThreads = 256;
 
-template <typename T>
-struct ErrorOperands {
-  T items[kMaxErrorOperands];
-};
-
 template <typename scalar_t>
-__global__ void error_norm_kernel(const scalar_t* y, const scalar_t* y1, ErrorOperands<const scalar_t*> ks,
-                                  ErrorOperands<at::opmath_type<scalar_t>> coeffs, int num_ks,
+__global__ void error_norm_kernel(const scalar_t* y, const scalar_t* y1, OperandArray<const scalar_t*> ks,
+                                  OperandArray<at::opmath_type<scalar_t>> coeffs, int num_ks,
                                   at::opmath_type<scalar_t> rtol, at::opmath_type<scalar_t> atol,
                                   int64_t numel, double* total) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -40,7 +34,7 @@ __global__ void error_norm_kernel(const scalar_t* y, const scalar_t* y1, ErrorOp
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
     acc_t err = acc_t(0);
 #pragma unroll
-    for (int j = 0; j < kMaxErrorOperands; ++j) {
+    for (int j = 0; j < kMaxOperands; ++j) {
       if (j < num_ks) {
         err = rk_accumulate(err, coeffs.items[j], static_cast<acc_t>(ks.items[j][i]));
       }
@@ -84,10 +78,10 @@ at::Tensor rk_error_norm_cuda(const at::Tensor& y, const at::Tensor& y1, at::Ten
     using acc_t = at::opmath_type<scalar_t>;
     const auto coeffs = rk_coefficients<acc_t>(weights, h);
     const size_t n = ks_flat.size();
-    TORCH_CHECK(n <= static_cast<size_t>(kMaxErrorOperands), "rk_error_norm: got ", n,
-                " error terms; expected at most ", kMaxErrorOperands);
-    ErrorOperands<const scalar_t*> k_arr{};
-    ErrorOperands<acc_t> c_arr{};
+    TORCH_CHECK(n <= static_cast<size_t>(kMaxOperands), "rk_error_norm: got ", n,
+                " error terms; expected at most ", kMaxOperands);
+    OperandArray<const scalar_t*> k_arr{};
+    OperandArray<acc_t> c_arr{};
     for (size_t j = 0; j < n; ++j) {
       k_arr.items[j] = ks_flat[j].const_data_ptr<scalar_t>();
       c_arr.items[j] = coeffs[j];

@@ -3,6 +3,7 @@
 // stream. Half types are widened to float for the arithmetic.
 
 #include "../rk_combine.h"
+#include "operand_array.cuh"
 #include "vector_access.cuh"
 
 #include <ATen/ATen.h>
@@ -14,16 +15,6 @@
 
 namespace anode_ext {
 namespace {
-
-// Operands handed to one launch by value. Kernels index them only inside loops
-// unrolled to kMaxOperands, so every index is a constant and the arrays are read
-// straight from the parameter space, never copied to local memory.
-constexpr int kMaxOperands = 16;
-
-template <typename T>
-struct OperandArray {
-  T items[kMaxOperands];
-};
 
 // dst = src + sum_j coeffs[j] * ks[j] for the (at most kMaxOperands) ks of one
 // group. src and dst are scalar_t or its accumulation type: a sum over more ks
