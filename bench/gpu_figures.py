@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from anode_ext import TABLEAUX, build_info, rda_rhs, rda_rk_step, rk_combine
+from anode_ext import build_info, rk_combine
 from anode_ext.bench.blocks import block_benchmark
 from anode_ext.bench.models_bench import model_benchmark
+from anode_ext.bench.ops import RDA_PASSES, rda_ops_benchmark
 from anode_ext.bench.solvers import Solver, solvers
 from anode_ext.bench.timing import compare_medians
 
@@ -86,35 +87,14 @@ def combine_bandwidth(device: str, sizes: Sizes) -> list[dict]:
 
 def rda_bandwidth(device: str, sizes: Sizes) -> list[dict]:
     rows = []
-    cout, cin = sizes.filters
-    rk4 = TABLEAUX["rk4"]
-    a = [w for row in rk4.a for w in row]
     for dtype in (torch.float32, torch.bfloat16):
-        theta = torch.randn(cout, cin, 3, 3, device=device, dtype=dtype)
-        coefficients = (torch.randn(4, cout, device=device) * 0.1).to(dtype)
-        grads = [torch.randn_like(theta) for _ in range(rk4.stages)]
-        out = torch.empty_like(theta)
-        t = compare_medians(
-            {
-                "copy": lambda: out.copy_(theta),
-                "rda_rhs": lambda: rda_rhs(theta, coefficients),
-                "rda_rk_step": lambda: rda_rk_step(theta, coefficients, rk4, 0.1),
-                "rda_rk_step_backward": lambda: torch.ops.anode_ext.rda_rk_step_backward(
-                    grads, theta, coefficients, 0, a, list(rk4.b), 0.1
-                ),
-            },
-            device,
-            warmup=3,
-            repeats=sizes.repeats,
-        )
-        size = theta.numel() * theta.element_size()
-        copy_bw = 2 * size / t["copy"]
-        label = f"{cout}x{cin}x3x3 {str(dtype).removeprefix('torch.')}"
-        rows.append(bandwidth(f"rda_rhs {label}", t["rda_rhs"], 2 * size, copy_bw))
-        # Reads theta once, writes the three stage weights and the new weight.
-        rows.append(bandwidth(f"rda_rk_step rk4 {label}", t["rda_rk_step"], 5 * size, copy_bw))
-        # Reads theta and the four output gradients, writes theta's gradient.
-        rows.append(bandwidth(f"rda_rk_step_backward rk4 {label}", t["rda_rk_step_backward"], 6 * size, copy_bw))
+        r = rda_ops_benchmark(sizes.filters, device, dtype, repeats=sizes.repeats)
+        size = r["numel"] * torch.empty(0, dtype=dtype).element_size()
+        cout, cin = sizes.filters
+        label = f"{cout}x{cin}x3x3 {r['dtype']}"
+        for op, passes in RDA_PASSES.items():
+            name = op if op == "rda_rhs" else f"{op} rk4"
+            rows.append(bandwidth(f"{name} {label}", r["seconds"][op], passes * size, r["copy_gb_per_s"] * 1e9))
     return rows
 
 

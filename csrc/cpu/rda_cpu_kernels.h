@@ -42,9 +42,9 @@ struct SliceGroup {
   int count;
 };
 
-// Calls fn(group) for every group of slices, groups split across threads. fn is
-// flattened (everything it calls inlined) by the callers, so that the math of
-// rda.h is compiled with this file's instruction set.
+// Calls fn(group) for every group of slices, groups split across threads. The
+// callers' bodies are flattened (everything they call inlined), so that the math
+// of rda.h is compiled with this file's instruction set.
 template <typename acc_t, typename Fn>
 void for_each_group(int64_t slices, const Fn& fn) {
   constexpr int L = RdaLanes<acc_t>::kLanes;
@@ -57,18 +57,20 @@ void for_each_group(int64_t slices, const Fn& fn) {
   });
 }
 
-// Calls fn(H, W) with the slice shape: compile-time constants for 3x3 and 1x1
-// filters, the commonest, so that the stencil loops unroll; ints otherwise.
-template <typename Fn>
-void with_slice_shape(const RdaGeometry& g, const Fn& fn) {
-  using Three = std::integral_constant<int, 3>;
-  using One = std::integral_constant<int, 1>;
+// Calls fn(H, W, group) for every group of slices of the weight, with the slice
+// shape as compile-time constants for 3x3 and 1x1 filters, the commonest, so that
+// the stencil loops unroll (ints otherwise).
+template <typename acc_t, typename Fn>
+void for_each_shaped_group(const RdaGeometry& g, const Fn& fn) {
+  const auto groups = [&](auto H, auto W) {
+    for_each_group<acc_t>(g.cout * g.cin, [&](SliceGroup group) { fn(H, W, group); });
+  };
   if (g.H == 3 && g.W == 3) {
-    fn(Three{}, Three{});
+    groups(std::integral_constant<int, 3>{}, std::integral_constant<int, 3>{});
   } else if (g.H == 1 && g.W == 1) {
-    fn(One{}, One{});
+    groups(std::integral_constant<int, 1>{}, std::integral_constant<int, 1>{});
   } else {
-    fn(g.H, g.W);
+    groups(g.H, g.W);
   }
 }
 
@@ -132,15 +134,13 @@ void rhs(const at::Tensor& theta, const at::Tensor& coefficients, const RdaGeome
     const scalar_t* t_ptr = theta.const_data_ptr<scalar_t>();
     const scalar_t* c_ptr = coefficients.const_data_ptr<scalar_t>();
     scalar_t* o_ptr = out.mutable_data_ptr<scalar_t>();
-    with_slice_shape(g, [&](auto H, auto W) {
-      for_each_group<acc_t>(g.cout * g.cin, [&](SliceGroup group) __attribute__((flatten)) {
-        const int taps = H * W;
-        V slice[kRdaMaxTaps];
-        V q[kRdaMaxTaps];
-        gather_slices(slice, t_ptr, group.first, group.count, taps);
-        rda_slice(slice, q, H, W, coefficients_of<scalar_t, acc_t>(c_ptr, g.cout, g.cin, group), reaction);
-        scatter_slices(o_ptr, q, group.first, group.count, taps);
-      });
+    for_each_shaped_group<acc_t>(g, [&](auto H, auto W, SliceGroup group) __attribute__((flatten)) {
+      const int taps = H * W;
+      V slice[kRdaMaxTaps];
+      V q[kRdaMaxTaps];
+      gather_slices(slice, t_ptr, group.first, group.count, taps);
+      rda_slice(slice, q, H, W, coefficients_of<scalar_t, acc_t>(c_ptr, g.cout, g.cin, group), reaction);
+      scatter_slices(o_ptr, q, group.first, group.count, taps);
     });
   });
 }
@@ -157,21 +157,19 @@ void rhs_backward(const at::Tensor& grad, const at::Tensor& theta, const at::Ten
     scalar_t* gt_ptr = grad_theta.mutable_data_ptr<scalar_t>();
     at::Tensor partial = slice_sums_buffer<acc_t>(theta, slices);
     acc_t* p_ptr = partial.mutable_data_ptr<acc_t>();
-    with_slice_shape(g, [&](auto H, auto W) {
-      for_each_group<acc_t>(slices, [&](SliceGroup group) __attribute__((flatten)) {
-        const int taps = H * W;
-        V slice[kRdaMaxTaps];
-        V q_bar[kRdaMaxTaps];
-        V slice_bar[kRdaMaxTaps];
-        gather_slices(slice, t_ptr, group.first, group.count, taps);
-        gather_slices(q_bar, g_ptr, group.first, group.count, taps);
-        std::fill(slice_bar, slice_bar + taps, zero<acc_t>());
-        V sums[4] = {zero<acc_t>(), zero<acc_t>(), zero<acc_t>(), zero<acc_t>()};
-        rda_slice_backward(slice, q_bar, slice_bar, sums, H, W,
-                           coefficients_of<scalar_t, acc_t>(c_ptr, g.cout, g.cin, group), reaction);
-        scatter_slices(gt_ptr, slice_bar, group.first, group.count, taps);
-        keep_slice_sums(p_ptr, slices, sums, group);
-      });
+    for_each_shaped_group<acc_t>(g, [&](auto H, auto W, SliceGroup group) __attribute__((flatten)) {
+      const int taps = H * W;
+      V slice[kRdaMaxTaps];
+      V q_bar[kRdaMaxTaps];
+      V slice_bar[kRdaMaxTaps];
+      gather_slices(slice, t_ptr, group.first, group.count, taps);
+      gather_slices(q_bar, g_ptr, group.first, group.count, taps);
+      std::fill(slice_bar, slice_bar + taps, zero<acc_t>());
+      V sums[4] = {zero<acc_t>(), zero<acc_t>(), zero<acc_t>(), zero<acc_t>()};
+      rda_slice_backward(slice, q_bar, slice_bar, sums, H, W,
+                         coefficients_of<scalar_t, acc_t>(c_ptr, g.cout, g.cin, group), reaction);
+      scatter_slices(gt_ptr, slice_bar, group.first, group.count, taps);
+      keep_slice_sums(p_ptr, slices, sums, group);
     });
     sum_per_channel(grad_coefficients.mutable_data_ptr<scalar_t>(), p_ptr, g.cout, g.cin);
   });
@@ -194,16 +192,14 @@ void rk_step(const at::Tensor& theta, const at::Tensor& coefficients, const RdaG
     dispatch_taps_and_stages(taps, stages, [&](auto taps_bucket, auto stages_bucket) {
       constexpr int TAPS = decltype(taps_bucket)::value;
       constexpr int STAGES = decltype(stages_bucket)::value;
-      with_slice_shape(g, [&](auto H, auto W) {
-        for_each_group<acc_t>(g.cout * g.cin, [&](SliceGroup group) __attribute__((flatten)) {
-          const int taps = H * W;
-          V slice[TAPS];
-          V q[STAGES][TAPS];
-          gather_slices(slice, t_ptr, group.first, group.count, taps);
-          rda_rk_slice<TAPS, scalar_t>(
-              slice, q, H, W, coefficients_of<scalar_t, acc_t>(c_ptr, g.cout, g.cin, group), reaction, tab,
-              [&](int i, const V* x) { scatter_slices(o_ptrs[i - 1], x, group.first, group.count, taps); });
-        });
+      for_each_shaped_group<acc_t>(g, [&](auto H, auto W, SliceGroup group) __attribute__((flatten)) {
+        const int shaped_taps = H * W;
+        V slice[TAPS];
+        V q[STAGES][TAPS];
+        gather_slices(slice, t_ptr, group.first, group.count, shaped_taps);
+        rda_rk_slice<TAPS, scalar_t>(
+            slice, q, H, W, coefficients_of<scalar_t, acc_t>(c_ptr, g.cout, g.cin, group), reaction, tab,
+            [&](int i, const V* x) { scatter_slices(o_ptrs[i - 1], x, group.first, group.count, shaped_taps); });
       });
     });
   });
@@ -231,27 +227,25 @@ void rk_step_backward(const std::vector<at::Tensor>& grads, const at::Tensor& th
     dispatch_taps_and_stages(taps, stages, [&](auto taps_bucket, auto stages_bucket) {
       constexpr int TAPS = decltype(taps_bucket)::value;
       constexpr int STAGES = decltype(stages_bucket)::value;
-      with_slice_shape(g, [&](auto H, auto W) {
-        for_each_group<acc_t>(slices, [&](SliceGroup group) __attribute__((flatten)) {
-          const int taps = H * W;
-          V slice[TAPS];
-          V q[STAGES][TAPS];
-          V q_bar[STAGES][TAPS];
-          V rho[STAGES][TAPS];
-          V slice_bar[TAPS];
-          V output_grads[STAGES][TAPS];
-          for (int i = 0; i < stages; ++i) {
-            gather_slices(output_grads[i], g_ptrs[i], group.first, group.count, taps);
-          }
-          gather_slices(slice, t_ptr, group.first, group.count, taps);
-          V sums[4] = {zero<acc_t>(), zero<acc_t>(), zero<acc_t>(), zero<acc_t>()};
-          const auto grad = [&](int i, int e) { return output_grads[i - 1][e]; };
-          rda_rk_slice_backward<TAPS, scalar_t>(slice, grad, q, q_bar, rho, slice_bar, sums, H, W,
-                                                coefficients_of<scalar_t, acc_t>(c_ptr, g.cout, g.cin, group),
-                                                reaction, tab);
-          scatter_slices(gt_ptr, slice_bar, group.first, group.count, taps);
-          keep_slice_sums(p_ptr, slices, sums, group);
-        });
+      for_each_shaped_group<acc_t>(g, [&](auto H, auto W, SliceGroup group) __attribute__((flatten)) {
+        const int shaped_taps = H * W;
+        V slice[TAPS];
+        V q[STAGES][TAPS];
+        V q_bar[STAGES][TAPS];
+        V rho[STAGES][TAPS];
+        V slice_bar[TAPS];
+        V output_grads[STAGES][TAPS];
+        for (int i = 0; i < stages; ++i) {
+          gather_slices(output_grads[i], g_ptrs[i], group.first, group.count, shaped_taps);
+        }
+        gather_slices(slice, t_ptr, group.first, group.count, shaped_taps);
+        V sums[4] = {zero<acc_t>(), zero<acc_t>(), zero<acc_t>(), zero<acc_t>()};
+        const auto grad = [&](int i, int e) { return output_grads[i - 1][e]; };
+        rda_rk_slice_backward<TAPS, scalar_t>(slice, grad, q, q_bar, rho, slice_bar, sums, H, W,
+                                              coefficients_of<scalar_t, acc_t>(c_ptr, g.cout, g.cin, group),
+                                              reaction, tab);
+        scatter_slices(gt_ptr, slice_bar, group.first, group.count, shaped_taps);
+        keep_slice_sums(p_ptr, slices, sums, group);
       });
     });
     sum_per_channel(grad_coefficients.mutable_data_ptr<scalar_t>(), p_ptr, g.cout, g.cin);

@@ -179,13 +179,25 @@ inline void scatter_block(acc_t* to, const RdaLanes<acc_t>* src, int taps, int c
   }
 }
 
+// Calls fn(c) for the first tap c of each block of kLanes taps covering `taps`
+// (at least kLanes): the last block overlaps the one before when kLanes does not
+// divide taps.
+template <int L, typename Fn>
+inline void for_each_block(int taps, const Fn& fn) {
+  for (int c = 0; c + L <= taps; c += L) {
+    fn(c);
+  }
+  if (taps % L != 0) {
+    fn(taps - L);
+  }
+}
 #endif
 
 // Lanes of `count` consecutive slices of `taps` values each, starting at slice
 // `first` of src: dst[e] holds tap e of every slice; lanes past `count` are 0.
 // A full group of slices of at least kLanes taps in the accumulation dtype is read
-// by rows and transposed in registers (the last block overlaps the one before
-// when kLanes does not divide taps); a single tap is one contiguous vector.
+// by rows and transposed in registers, block by block (for_each_block); a single
+// tap is one contiguous vector.
 template <typename scalar_t, typename acc_t>
 inline void gather_slices(RdaLanes<acc_t>* dst, const scalar_t* src, int64_t first, int count, int taps) {
   constexpr int L = RdaLanes<acc_t>::kLanes;
@@ -197,12 +209,7 @@ inline void gather_slices(RdaLanes<acc_t>* dst, const scalar_t* src, int64_t fir
     }
 #ifdef ANODE_EXT_RDA_TRANSPOSE
     if (count == L && taps >= L) {
-      for (int c = 0; c + L <= taps; c += L) {
-        gather_block(dst, from, taps, c);
-      }
-      if (taps % L != 0) {
-        gather_block(dst, from, taps, taps - L);
-      }
+      for_each_block<L>(taps, [&](int c) { gather_block(dst, from, taps, c); });
       return;
     }
 #endif
@@ -229,12 +236,7 @@ inline void scatter_slices(scalar_t* dst, const RdaLanes<acc_t>* src, int64_t fi
     }
 #ifdef ANODE_EXT_RDA_TRANSPOSE
     if (count == L && taps >= L) {
-      for (int c = 0; c + L <= taps; c += L) {
-        scatter_block(to, src, taps, c);
-      }
-      if (taps % L != 0) {
-        scatter_block(to, src, taps, taps - L);
-      }
+      for_each_block<L>(taps, [&](int c) { scatter_block(to, src, taps, c); });
       return;
     }
 #endif
