@@ -212,6 +212,28 @@ def test_outputs_of_a_run(tmp_path):
     assert json.load(open(os.path.join(out, "config.json")))["model"] == "sqnxt"
 
 
+def _probe_output_folder(out, barrier):
+    from anode_ext.training.cli import _check_output_folder
+    barrier.wait()
+    for _ in range(1000):
+        _check_output_folder(out)
+
+
+def test_output_folder_check_of_processes_sharing_it(tmp_path):
+    # The ranks of one torchrun job all check the same --out folder at the same moment.
+    import multiprocessing
+    out = str(tmp_path / "run")
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(4)
+    processes = [context.Process(target=_probe_output_folder, args=(out, barrier)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [process.exitcode for process in processes] == [0] * 4
+    assert os.listdir(out) == []
+
+
 def test_torchrun_two_processes(tmp_path):
     out = str(tmp_path / "run")
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 
@@ -136,10 +137,9 @@ def parser() -> argparse.ArgumentParser:
 def _check_output_folder(out: str) -> None:
     try:
         os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, ".write_test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        # A file of this process's own: every rank of a torchrun job probes the same folder at once.
+        with tempfile.TemporaryFile(dir=out) as probe:
+            probe.write(b"ok")
     except OSError as error:
         raise SystemExit(f"anode-train: cannot write to the output folder {out!r}: {error.strerror or error}") from None
 
