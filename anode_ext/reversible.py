@@ -14,7 +14,7 @@ whose exact inverse is
 
 The output is y_N. A step evaluates the base method twice (2 s evaluations of func for
 an s-stage tableau) and keeps its order. Because every earlier pair can be computed
-back from (y_N, z_N), ``grad="reversible"`` (anode_ext.modes.ReversibleGrad) needs no
+back from (y_N, z_{N-1}), ``grad="reversible"`` (anode_ext.modes.ReversibleGrad) needs no
 state per step: its memory does not grow with the number of steps.
 
 In floating point the inverse repeats the forward only to rounding: each inverse step
@@ -161,8 +161,8 @@ class ReversibleProblem:
 
     def step(self, n: int, pair: State) -> State:
         """Step n: the pair at t_n to the pair at t_{n+1}; in the last step, z is left as
-        it was (only ReversibleGrad reads z_N, and it steps the pair itself), which saves
-        that step's base step back."""
+        it was, which saves that step's base step back: no output depends on z_N, and
+        y_{N-1} is computed back from (y_N, z_{N-1}) by the inverse's second line."""
         if n == self.steps - 1:
             y, z = self.split(pair)
             return (*self.first_half(n, y, z)[1], *z)

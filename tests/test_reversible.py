@@ -343,7 +343,8 @@ def test_buffers_that_do_not_change_are_kept_once():
               for key in solve.halves[0][0].buffers}
     sizes = {solve.modules.buffers[key][1]: len(ptrs) for key, ptrs in copies.items()}
     assert sizes["table"] == 1, "an unchanged buffer is held once"
-    assert sizes["running_mean"] == 64, "BatchNorm's statistics change at every evaluation"
+    # 2 halves per step, but the last step's base step back is skipped (z_N is not needed)
+    assert sizes["running_mean"] == 2 * 32 - 1, "BatchNorm's statistics change at every evaluation"
     y.sum().backward()
 
 

@@ -5,7 +5,7 @@ It is the recompute engine of anode and revolve (checkpointed.py: the forward re
 direct solve's graph without its saved tensors, the backward refills them, so the
 gradient reaches every tensor func used and hooks fire as under direct), with one
 difference: the state a step starts from is not stepped forward from a kept state but
-computed back from the next one. The forward keeps only the final pair (y_N, z_N) and,
+computed back from the next one. The forward keeps only the final pair (y_N, z_{N-1}) and,
 per step, what is needed to replay its evaluations: the RNG state (only when func draws
 random numbers; one copy for the steps between draws) and the module buffers (only when
 func's modules have any; one copy of a buffer for the steps it does not change in).
@@ -60,18 +60,16 @@ def norms(state: State) -> Tensor:
                             for s in state])
 
 
-def reconstruction_error(forward: Tensor, rebuilt: Tensor, scales: list[float], numel: list[int],
-                         rtol: float) -> str:
-    """'' when the `norms` of rebuilt states allow each to be within rtol * scale of the
-    forward's in L2 norm, else what shows it is not. Both tests are necessary conditions
-    of ||a - b|| <= rtol * scale, since | ||a|| - ||b|| | and |sum a - sum b| / sqrt(numel)
-    are at most ||a - b||: a reconstruction that close always passes; one further away
-    passes only when its norm and sum happen to match. A norm finite on one side only
-    fails. The scale is the largest norm the inverse step combined (it cancels them, so
-    its rounding scales with them, not with the state it gives, which may be 0)."""
-    if forward.device.type == "meta":
-        return ""
-    for (s_f, n_f), (s_r, n_r), scale, size in zip(forward.tolist(), rebuilt.tolist(), scales, numel):
+def reconstruction_error(forward: list[list[float]], rebuilt: list[list[float]], scales: list[float],
+                         numel: list[int], rtol: float) -> str:
+    """'' when the `norms` (as lists) of rebuilt states allow each to be within rtol * scale
+    of the forward's in L2 norm, else what shows it is not. Both tests are necessary
+    conditions of ||a - b|| <= rtol * scale, since | ||a|| - ||b|| | and |sum a - sum b| /
+    sqrt(numel) are at most ||a - b||: a reconstruction that close always passes; one
+    further away passes only when its norm and sum happen to match. A norm finite on one
+    side only fails. The scale is the largest norm the inverse step combined (it cancels
+    them, so its rounding scales with them, not with the state it gives, which may be 0)."""
+    for (s_f, n_f), (s_r, n_r), scale, size in zip(forward, rebuilt, scales, numel):
         if math.isfinite(n_f) != math.isfinite(n_r):
             return f"L2 norm {n_r:.17g} against {n_f:.17g}"
         bound = rtol * scale
@@ -126,9 +124,8 @@ class ReconstructingSolve(CheckpointedSolve):
         """Run the solve from the pair `state`, recording its graph without its saved tensors."""
         self.numel = [s.numel() for s in state]
         with self.modules.watch():
-            out, last_drew = self._forward_steps(state)
+            out = self._forward_steps(state)
         self.forward_state.forward_done()
-        self.forward_state.draws |= last_drew
         if not self.forward_state.draws:
             self.halves = [(_Replay(None, a.buffers), _Replay(None, b.buffers)) for a, b in self.halves]
         return out
@@ -142,12 +139,12 @@ class ReconstructingSolve(CheckpointedSolve):
             self._last_buffers = self.modules.values_since(self._last_buffers)
         return _Replay(rng, self._last_buffers)
 
-    def _forward_steps(self, state: State) -> tuple[State, bool]:
-        """The solve's result, and whether the evaluations of z_N, whose draws are
-        undone, drew random numbers."""
+    def _forward_steps(self, state: State) -> State:
+        """The solve's result. Its last pair is (y_N, z_{N-1}), as ReversibleProblem.step
+        leaves it: y_{N-1} is computed back from it without z_N, which no output needs."""
         problem: ReversibleProblem = self.problem
         ledger, base, last = self.ledger, problem.base, problem.steps - 1
-        trajectory, last_drew = [state], False
+        trajectory = [state]
         for n in range(problem.steps):
             y, z = problem.split(state)
             self.flags.append(tuple(s.requires_grad for s in state))
@@ -161,21 +158,15 @@ class ReconstructingSolve(CheckpointedSolve):
             with torch.autograd.graph.saved_tensors_hooks(ledger.pack, ledger.unpack):
                 y1 = problem.couple_y(base.step_at(problem.time(n), base.h, z), y, z)
             ledger.end_segment(2 * n)
-            middle = self._replay_now()
+            middle = start
             if n < last:
+                middle = self._replay_now()
                 ledger.start_segment(2 * n + 1)
                 with torch.autograd.graph.saved_tensors_hooks(ledger.pack, ledger.unpack):
-                    z1 = problem.couple_z(z, y1, problem.second_half(n, y1))
+                    z = problem.couple_z(z, y1, problem.second_half(n, y1))
                 ledger.end_segment(2 * n + 1)
-            else:
-                # z_N: no output depends on it, so its graph goes at once, and the random
-                # numbers it draws and the buffers it updates are undone, so that RNG and
-                # modules end as grad='direct' leaves them (which never computes it).
-                with self._replaying(middle):
-                    z1 = _detached(problem.couple_z(z, y1, problem.second_half(n, y1)))
-                    last_drew = self.forward_state.rng_now() != middle.rng
             self.halves.append((start, middle))
-            state = (*y1, *z1)
+            state = (*y1, *z)
             if problem.return_all:
                 trajectory.append(state)
         self.flags.append(tuple(s.requires_grad for s in state))
@@ -185,8 +176,8 @@ class ReconstructingSolve(CheckpointedSolve):
         self.final = self._held(tuple(s.detach().clone() for s in state))
         self.reached = (problem.steps, self.final)
         if problem.return_all:
-            return tuple(torch.stack([s[m] for s in trajectory]) for m in range(len(state))), last_drew
-        return state, last_drew
+            return tuple(torch.stack([s[m] for s in trajectory]) for m in range(len(state)))
+        return state
 
     # --- backward --------------------------------------------------------------
 
@@ -233,8 +224,10 @@ class ReconstructingSolve(CheckpointedSolve):
         return pair
 
     def _z_before(self, n: int, pair1: State) -> State:
-        """z_n from the pair at n + 1, not recorded."""
+        """z_n from the pair at n + 1, not recorded (the final pair holds z_{N-1} itself)."""
         problem: ReversibleProblem = self.problem
+        if n == problem.steps - 1:
+            return problem.split(pair1)[1]
         y1, z1 = problem.split(self._requiring(pair1, self.flags[n + 1]))
         _, middle = self.halves[n]
         with self._replaying(middle):
@@ -310,11 +303,16 @@ class ReconstructingSolve(CheckpointedSolve):
         the pair at step n (not at all with rtol=inf), on the scale of the tensors of the
         same place in the state at steps n and n + 1."""
         rtol = self.rtol if self.rtol is not None else default_rtol(tensors[0].dtype)
-        if rtol == math.inf:
+        if rtol == math.inf or tensors[0].device.type == "meta":
             return
-        near = torch.cat([self.prints[n][:, 1], self.prints[n + 1][:, 1]]).view(4, -1).amax(0).tolist()
-        scales = [near[i % len(near)] for i in range(first, stop)]
-        what = reconstruction_error(self.prints[n][first:stop], norms(tensors), scales, self.numel[first:stop], rtol)
+        # One transfer from the device for the whole check.
+        rows = torch.cat([self.prints[n], self.prints[n + 1], norms(tensors)]).tolist()
+        size = len(self.numel)
+        half = size // 2
+        norms_near = [[rows[k + i][1] for k in (0, half, size, size + half)] for i in range(half)]
+        near = [math.nan if any(map(math.isnan, v)) else max(v) for v in norms_near]
+        scales = [near[i % half] for i in range(first, stop)]
+        what = reconstruction_error(rows[first:stop], rows[2 * size:], scales, self.numel[first:stop], rtol)
         if what:
             raise RuntimeError(RECONSTRUCTION_MESSAGE.format(step=n, steps=self.problem.steps, rtol=rtol, what=what))
 
