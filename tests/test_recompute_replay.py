@@ -588,3 +588,48 @@ def test_coupled_blocks_refuse_a_recompute_that_differs(grad, checkpoints, cause
         return y
 
     refused(build, grad, checkpoints)
+
+
+RECOMPUTING = [("rk4", "anode"), ("rk4", "revolve"), ("reversible_rk4", "reversible"), ("dopri5", "anode")]
+
+
+@pytest.mark.parametrize("method, grad", RECOMPUTING, ids=[f"{m}-{g}" for m, g in RECOMPUTING])
+@pytest.mark.parametrize("update", ["batch-norm", "in-place-op"])
+def test_tensor_of_funcs_own_changed_during_the_forward_is_refused(method, grad, update):
+    # F.batch_norm writes running statistics without bumping their version; add_ bumps it.
+    # Either way the recompute would change the tensor a second time.
+    running_mean, running_var = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    lin = nn.Linear(4, 4).double()
+
+    def func(t, y):
+        if update == "batch-norm":
+            return torch.tanh(F.batch_norm(lin(y), running_mean, running_var, training=True, momentum=0.1))
+        with torch.no_grad():
+            running_mean.add_(y.mean(0))
+        return torch.tanh(lin(y))
+
+    x = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
+    steps = None if method == "dopri5" else 3
+    odeint(func, x, steps=steps, method=method, grad="direct").sum().backward()  # direct has nothing to repeat
+    before = running_mean.clone()
+    with pytest.raises(RuntimeError, match=f"grad='{grad}': func changed a tensor it reaches in place during the solve "
+                                           r"\(shape \(4,\), dtype torch.float64\)"):
+        odeint(func, x, steps=steps, method=method, grad=grad)
+    assert not torch.equal(running_mean, before), "the forward ran"
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+def test_view_of_a_module_buffer_held_by_func_is_refused_by_the_recompute(grad, checkpoints):
+    # The module's buffer is replayed as an object swapped in, which a view taken before
+    # the solve does not follow: the recompute reads other values and says so. It is not
+    # the error for tensors of func's own, since the buffer itself is replayed.
+    lin, norm = nn.Linear(4, 4).double(), nn.BatchNorm1d(4).double()
+    head = norm.running_mean[:2]
+
+    def func(t, y):
+        return torch.tanh(norm(lin(y))) * (1.0 + head.sum())
+
+    x = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
+    y = odeint(func, x, steps=3, grad=grad_mode_named(grad, checkpoints=checkpoints))
+    with pytest.raises(RuntimeError, match="did not repeat the forward"):
+        y.sum().backward()

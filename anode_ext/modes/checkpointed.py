@@ -20,7 +20,8 @@ A recompute is only valid if it repeats the forward. It is checked to: each save
 tensor must have the shape and dtype it had, a tensor from outside the solve that
 requires grad must be the same object, and the recomputed states must equal the
 forward's (a fingerprint of each). A tensor from outside modified in place since the
-forward is refused too. What changes the computation between forward and backward
+forward is refused too, and so is a tensor func reaches, other than a module buffer, that
+func itself changes in place during the forward (the recompute would change it again). What changes the computation between forward and backward
 (Python state func reads, parameters swapped by torch.func.functional_call, random
 numbers from other generators) therefore raises an error instead of giving another
 gradient.
@@ -67,9 +68,16 @@ NOT_REPEATED_MESSAGE = (
     "by torch.func.functional_call around the solve, random numbers from other generators than "
     "torch's default ones (or drawn by another thread at the same time), a lazy module's first call, "
     "a TorchScript or torch.compile'd module whose first calls profile or compile it, a cache such as "
-    "torch.nn.utils.parametrize.cached(), running statistics that no module holds but func updates in place "
-    "(F.batch_norm on tensors of its own). "
+    "torch.nn.utils.parametrize.cached(). "
     "Use grad='direct' for such a func"
+)
+
+CHANGED_IN_FORWARD_MESSAGE = (
+    "grad='{mode}': func changed a tensor it reaches in place during the solve (shape {shape}, dtype {dtype}), "
+    "and not as a module buffer: the recompute in backward would change it again, leaving it other than "
+    "grad='direct' does (running statistics that F.batch_norm updates on tensors of func's own, say). Hold such "
+    "a tensor as a buffer of a module func calls (register_buffer: buffers are replayed as the forward saw "
+    "them), or use grad='direct'"
 )
 
 
@@ -109,11 +117,45 @@ class _Versions:
     def note(self, t: Tensor) -> None:
         self.entries.append((weakref.ref(t), t._version))
 
-    def check(self, mode: str, what: str, fix: str) -> None:
+    def changed(self) -> Iterator[Tensor]:
+        """The noted tensors, still alive, modified in place since they were noted."""
         for ref, version in self.entries:
             t = ref()
             if t is not None and t._version != version:
-                raise RuntimeError(IN_PLACE_MESSAGE.format(mode=mode, what=what, fix=fix))
+                yield t
+
+    def check(self, mode: str, what: str, fix: str) -> None:
+        for _ in self.changed():
+            raise RuntimeError(IN_PLACE_MESSAGE.format(mode=mode, what=what, fix=fix))
+
+
+class _Reached:
+    """The tensors func reaches (anode_ext.modes.replay.reachable) as the forward starts:
+    their version counters and, for floating-point ones that require no grad and are no
+    module buffer, a fingerprint of their values, since the running statistics of
+    F.batch_norm are written without a version bump."""
+
+    def __init__(self, tensors: list[Tensor], modules: ModuleState) -> None:
+        self.versions = _Versions()
+        buffers = _storages(modules)
+        self.values: list[tuple[weakref.ref, Tensor]] = []
+        for t in tensors:
+            self.versions.note(t)
+            if t.is_floating_point() and not t.requires_grad and _storage_of(t) not in buffers:
+                self.values.append((weakref.ref(t), fingerprint((t,))))
+
+    def changed(self, modules: ModuleState) -> Tensor | None:
+        """A tensor changed in place since the start, not a buffer of the modules (nor a
+        view of one: those are replayed), or None."""
+        buffers = _storages(modules)
+        changed = list(self.versions.changed())
+        changed += [t for ref, print_ in self.values
+                    if (t := ref()) is not None and not same_fingerprint(fingerprint((t,)), print_)]
+        return next((t for t in changed if _storage_of(t) not in buffers), None)
+
+
+def _storages(modules: ModuleState) -> set[int | None]:
+    return {_storage_of(t) for t in modules.objects.values()}
 
 
 class _Position:
@@ -163,6 +205,9 @@ class CheckpointedSolve:
         self.modules = ModuleState()
         modules, self.known = reachable(owner)
         self.modules.note_trees(modules)
+        # A change func makes in place during the forward to a tensor it reaches would be
+        # made again by the recompute (refuse_changes_in_forward).
+        self.reached_before = _Reached(self.known, self.modules)
         self.positions: dict[int, _Position] = {}
         # Per segment: requires_grad of its input, and which of its input tensors were
         # the user's own (a recompute's copy of them counts as them), and a fingerprint
@@ -229,6 +274,14 @@ class CheckpointedSolve:
         if problem.return_all:
             return tuple(torch.stack([s[m] for s in trajectory]) for m in range(len(state)))
         return state
+
+    def refuse_changes_in_forward(self) -> None:
+        """Raise if func changed in place a tensor it reaches, other than a module buffer
+        (whose values the recompute replays) or a view of one."""
+        changed = self.reached_before.changed(self.modules)
+        if changed is not None:
+            raise RuntimeError(CHANGED_IN_FORWARD_MESSAGE.format(
+                mode=self.mode, shape=tuple(changed.shape), dtype=changed.dtype))
 
     def _segment_starts(self, segment: int, state: State) -> None:
         self.ledger.start_segment(segment)
@@ -379,7 +432,7 @@ def run_forward(solve: CheckpointedSolve, state: State) -> State:
     ledger = _C.SavedLedger(solve._recompute, solve.mode)
     solve._ledger = weakref.ref(ledger)
     try:
-        return solve.forward(state)
+        out = solve.forward(state)
     except RuntimeError as error:
         if "saved tensor hooks" not in str(error):
             raise
@@ -388,3 +441,13 @@ def run_forward(solve: CheckpointedSolve, state: State) -> State:
             f"({error}); torch.func transforms (grad, vjp, jacrev) inside func are such a case. Use "
             "grad='direct' for this func"
         ) from error
+    solve.refuse_changes_in_forward()
+    return out
+
+
+def _storage_of(t: Tensor) -> int | None:
+    """The address of the memory behind `t` (shared by its views), None when it has none."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
