@@ -2,6 +2,8 @@
 updated, train/eval modes, hooks func registers, funcs that differentiate inside
 themselves), and what they refuse with an error because it cannot be replayed."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -593,13 +595,36 @@ def test_coupled_blocks_refuse_a_recompute_that_differs(grad, checkpoints, cause
 RECOMPUTING = [("rk4", "anode"), ("rk4", "revolve"), ("reversible_rk4", "reversible"), ("dopri5", "anode")]
 
 
-@pytest.mark.parametrize("method, grad", RECOMPUTING, ids=[f"{m}-{g}" for m, g in RECOMPUTING])
-@pytest.mark.parametrize("update", ["batch-norm", "in-place-op"])
-def test_tensor_of_funcs_own_changed_during_the_forward_is_refused(method, grad, update):
-    # F.batch_norm writes running statistics without bumping their version; add_ bumps it.
-    # Either way the recompute would change the tensor a second time.
+class PlainStatistics(nn.Module):
+    """Running statistics held as plain attributes, not registered as buffers."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4).double()
+        self.running_mean, self.running_var = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+
+    def forward(self, t, y):
+        return torch.tanh(F.batch_norm(self.lin(y), self.running_mean, self.running_var, training=True))
+
+
+def _changing_func(update):
+    """A func that changes a tensor of its own in place, and that tensor."""
     running_mean, running_var = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
     lin = nn.Linear(4, 4).double()
+    if update == "module-attribute":
+        module = PlainStatistics()
+        return module, module.running_mean
+    if update == "default-argument":
+        return (lambda t, y, mean=running_mean, var=running_var:
+                torch.tanh(F.batch_norm(lin(y), mean, var, training=True))), running_mean
+    if update == "integer-data":
+        count = torch.zeros((), dtype=torch.long)
+
+        def counting(t, y):
+            count.data += 1  # no version bump
+            return torch.tanh(lin(y))
+
+        return counting, count
 
     def func(t, y):
         if update == "batch-norm":
@@ -608,12 +633,23 @@ def test_tensor_of_funcs_own_changed_during_the_forward_is_refused(method, grad,
             running_mean.add_(y.mean(0))
         return torch.tanh(lin(y))
 
+    return func, running_mean
+
+
+@pytest.mark.parametrize("method, grad", RECOMPUTING, ids=[f"{m}-{g}" for m, g in RECOMPUTING])
+@pytest.mark.parametrize("update", ["batch-norm", "in-place-op", "module-attribute", "default-argument", "integer-data"])
+def test_tensor_of_funcs_own_changed_during_the_forward_is_refused(method, grad, update):
+    # F.batch_norm writes running statistics without bumping their version, and so does a
+    # write through .data; add_ bumps it. Either way the recompute would change the tensor
+    # a second time.
+    func, running_mean = _changing_func(update)
     x = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
     steps = None if method == "dopri5" else 3
     odeint(func, x, steps=steps, method=method, grad="direct").sum().backward()  # direct has nothing to repeat
     before = running_mean.clone()
-    with pytest.raises(RuntimeError, match=f"grad='{grad}': func changed a tensor it reaches in place during the solve "
-                                           r"\(shape \(4,\), dtype torch.float64\)"):
+    message = f"grad='{grad}': func changed a tensor it reaches in place during the solve " \
+        f"(shape {tuple(running_mean.shape)}, dtype {running_mean.dtype})"
+    with pytest.raises(RuntimeError, match=re.escape(message)):
         odeint(func, x, steps=steps, method=method, grad=grad)
     assert not torch.equal(running_mean, before), "the forward ran"
 
@@ -633,3 +669,49 @@ def test_view_of_a_module_buffer_held_by_func_is_refused_by_the_recompute(grad, 
     y = odeint(func, x, steps=3, grad=grad_mode_named(grad, checkpoints=checkpoints))
     with pytest.raises(RuntimeError, match="did not repeat the forward"):
         y.sum().backward()
+
+
+class DataDependentInit(nn.Module):
+    """Fills its parameters from the first batch it sees (as Glow's ActNorm does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4).double()
+        self.bias = nn.Parameter(torch.zeros(4, dtype=torch.float64))
+        self.initialized = False
+
+    def forward(self, t, y):
+        h = self.lin(y)
+        if not self.initialized:
+            with torch.no_grad():
+                self.bias.copy_(-h.mean(0))
+            self.initialized = True
+        return torch.tanh(h + self.bias)
+
+
+@pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
+@pytest.mark.parametrize("case", ["lazy-module", "data-dependent-init", "sparse-constant", "inference-constant"])
+def test_tensors_func_reaches_that_are_not_watched_still_work(grad, checkpoints, case):
+    # Parameters filled once during the forward, and constants without a version counter
+    # or strided storage, are neither refused nor a cause of other errors.
+    def run(mode, c):
+        torch.manual_seed(0)
+        lin = nn.Linear(4, 4).double()
+        if case == "lazy-module":
+            lazy = nn.LazyLinear(4, dtype=torch.float64)
+            func, params = (lambda t, y: torch.tanh(lazy(y))), lambda: list(lazy.parameters())
+        elif case == "data-dependent-init":
+            module = DataDependentInit()
+            func, params = module, lambda: list(module.parameters())
+        elif case == "sparse-constant":
+            mix = torch.eye(8, dtype=torch.float64).to_sparse()
+            func, params = (lambda t, y: torch.tanh(lin(torch.sparse.mm(mix, y)))), lambda: list(lin.parameters())
+        else:
+            with torch.inference_mode():
+                shift = torch.ones(4, dtype=torch.float64)  # added only: autograd saves nothing of it
+            func, params = (lambda t, y: torch.tanh(lin(y) + shift)), lambda: list(lin.parameters())
+        x = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
+        odeint(func, x, steps=3, grad=grad_mode_named(mode, checkpoints=c)).sum().backward()
+        return [x.grad, *(p.grad for p in params()), *(p.detach() for p in params())]
+
+    assert_same(run(grad, checkpoints), run("direct", None))

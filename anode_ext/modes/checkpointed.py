@@ -43,6 +43,7 @@ from .replay import (
     BufferValues,
     CallerHooks,
     ForwardState,
+    InPlaceWatch,
     ModuleState,
     RngState,
     hooks_registered_in_body_removed,
@@ -129,35 +130,6 @@ class _Versions:
             raise RuntimeError(IN_PLACE_MESSAGE.format(mode=mode, what=what, fix=fix))
 
 
-class _Reached:
-    """The tensors func reaches (anode_ext.modes.replay.reachable) as the forward starts:
-    their version counters and, for floating-point ones that require no grad and are no
-    module buffer, a fingerprint of their values, since the running statistics of
-    F.batch_norm are written without a version bump."""
-
-    def __init__(self, tensors: list[Tensor], modules: ModuleState) -> None:
-        self.versions = _Versions()
-        buffers = _storages(modules)
-        self.values: list[tuple[weakref.ref, Tensor]] = []
-        for t in tensors:
-            self.versions.note(t)
-            if t.is_floating_point() and not t.requires_grad and _storage_of(t) not in buffers:
-                self.values.append((weakref.ref(t), fingerprint((t,))))
-
-    def changed(self, modules: ModuleState) -> Tensor | None:
-        """A tensor changed in place since the start, not a buffer of the modules (nor a
-        view of one: those are replayed), or None."""
-        buffers = _storages(modules)
-        changed = list(self.versions.changed())
-        changed += [t for ref, print_ in self.values
-                    if (t := ref()) is not None and not same_fingerprint(fingerprint((t,)), print_)]
-        return next((t for t in changed if _storage_of(t) not in buffers), None)
-
-
-def _storages(modules: ModuleState) -> set[int | None]:
-    return {_storage_of(t) for t in modules.objects.values()}
-
-
 class _Position:
     """A state held inside the solve through the caller's saved-tensor hooks (so memory
     accounting sees it as it sees what a plain forward saves), with the RNG and module
@@ -202,12 +174,14 @@ class CheckpointedSolve:
         self.mode = "anode" if checkpoints is None else "revolve"
         self.plan = None if checkpoints is None else schedule(problem.steps, checkpoints)
         self._ledger: Callable[[], object] = lambda: None
-        self.modules = ModuleState()
+        # A change func makes in place during the forward to a tensor it reaches, other
+        # than a buffer, would be made again by the recompute (refuse_changes_in_forward).
+        self.watched = InPlaceWatch()
+        self.modules = ModuleState(attributes=self.watched)
         modules, self.known = reachable(owner)
         self.modules.note_trees(modules)
-        # A change func makes in place during the forward to a tensor it reaches would be
-        # made again by the recompute (refuse_changes_in_forward).
-        self.reached_before = _Reached(self.known, self.modules)
+        for t in self.known:
+            self.watched.note(t)
         self.positions: dict[int, _Position] = {}
         # Per segment: requires_grad of its input, and which of its input tensors were
         # the user's own (a recompute's copy of them counts as them), and a fingerprint
@@ -276,12 +250,13 @@ class CheckpointedSolve:
         return state
 
     def refuse_changes_in_forward(self) -> None:
-        """Raise if func changed in place a tensor it reaches, other than a module buffer
-        (whose values the recompute replays) or a view of one."""
-        changed = self.reached_before.changed(self.modules)
-        if changed is not None:
-            raise RuntimeError(CHANGED_IN_FORWARD_MESSAGE.format(
-                mode=self.mode, shape=tuple(changed.shape), dtype=changed.dtype))
+        """Raise if func changed in place a tensor it reaches (InPlaceWatch says which are
+        watched), other than a module buffer or a view of one (which the recompute replays)."""
+        buffers = {id(t) for t in self.modules.objects.values()}
+        for t in self.watched.changed():
+            if id(t) not in buffers and id(t._base) not in buffers:
+                raise RuntimeError(CHANGED_IN_FORWARD_MESSAGE.format(
+                    mode=self.mode, shape=tuple(t.shape), dtype=t.dtype))
 
     def _segment_starts(self, segment: int, state: State) -> None:
         self.ledger.start_segment(segment)
@@ -444,10 +419,3 @@ def run_forward(solve: CheckpointedSolve, state: State) -> State:
     solve.refuse_changes_in_forward()
     return out
 
-
-def _storage_of(t: Tensor) -> int | None:
-    """The address of the memory behind `t` (shared by its views), None when it has none."""
-    try:
-        return t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):
-        return None
