@@ -20,11 +20,11 @@ A recompute is only valid if it repeats the forward. It is checked to: each save
 tensor must have the shape and dtype it had, a tensor from outside the solve that
 requires grad must be the same object, and the recomputed states must equal the
 forward's (a fingerprint of each). A tensor from outside modified in place since the
-forward is refused too, and so is a tensor func reaches, other than a module buffer, that
-func itself changes in place during the forward (the recompute would change it again). What changes the computation between forward and backward
-(Python state func reads, parameters swapped by torch.func.functional_call, random
-numbers from other generators) therefore raises an error instead of giving another
-gradient.
+forward is refused too, and so is a tensor func reaches, other than a module buffer,
+that func itself changes in place during the forward (the recompute would change it
+again). What changes the computation between forward and backward (Python state func
+reads, parameters swapped by torch.func.functional_call, random numbers from other
+generators) therefore raises an error instead of giving another gradient.
 """
 
 from __future__ import annotations
@@ -118,16 +118,11 @@ class _Versions:
     def note(self, t: Tensor) -> None:
         self.entries.append((weakref.ref(t), t._version))
 
-    def changed(self) -> Iterator[Tensor]:
-        """The noted tensors, still alive, modified in place since they were noted."""
+    def check(self, mode: str, what: str, fix: str) -> None:
         for ref, version in self.entries:
             t = ref()
             if t is not None and t._version != version:
-                yield t
-
-    def check(self, mode: str, what: str, fix: str) -> None:
-        for _ in self.changed():
-            raise RuntimeError(IN_PLACE_MESSAGE.format(mode=mode, what=what, fix=fix))
+                raise RuntimeError(IN_PLACE_MESSAGE.format(mode=mode, what=what, fix=fix))
 
 
 class _Position:
