@@ -20,11 +20,10 @@ A recompute is only valid if it repeats the forward. It is checked to: each save
 tensor must have the shape and dtype it had, a tensor from outside the solve that
 requires grad must be the same object, and the recomputed states must equal the
 forward's (a fingerprint of each). A tensor from outside modified in place since the
-forward is refused too, and so is a tensor func reaches, other than a module buffer,
-that func itself changes in place during the forward (the recompute would change it
-again). What changes the computation between forward and backward (Python state func
-reads, parameters swapped by torch.func.functional_call, random numbers from other
-generators) therefore raises an error instead of giving another gradient.
+forward is refused too. What changes the computation between forward and backward
+(Python state func reads, parameters swapped by torch.func.functional_call, random
+numbers from other generators) therefore raises an error instead of giving another
+gradient.
 """
 
 from __future__ import annotations
@@ -43,7 +42,6 @@ from .replay import (
     BufferValues,
     CallerHooks,
     ForwardState,
-    InPlaceWatch,
     ModuleState,
     RngState,
     hooks_registered_in_body_removed,
@@ -71,14 +69,6 @@ NOT_REPEATED_MESSAGE = (
     "a TorchScript or torch.compile'd module whose first calls profile or compile it, a cache such as "
     "torch.nn.utils.parametrize.cached(). "
     "Use grad='direct' for such a func"
-)
-
-CHANGED_IN_FORWARD_MESSAGE = (
-    "grad='{mode}': func changed a tensor it reaches in place during the solve (shape {shape}, dtype {dtype}), "
-    "and not as a module buffer: the recompute in backward would change it again, leaving it other than "
-    "grad='direct' does (running statistics that F.batch_norm updates on tensors of func's own, say). Hold such "
-    "a tensor as a buffer of a module func calls (register_buffer: buffers are replayed as the forward saw "
-    "them), or use grad='direct'"
 )
 
 
@@ -169,14 +159,9 @@ class CheckpointedSolve:
         self.mode = "anode" if checkpoints is None else "revolve"
         self.plan = None if checkpoints is None else schedule(problem.steps, checkpoints)
         self._ledger: Callable[[], object] = lambda: None
-        # A change func makes in place during the forward to a tensor it reaches, other
-        # than a buffer, would be made again by the recompute (refuse_changes_in_forward).
-        self.watched = InPlaceWatch()
-        self.modules = ModuleState(attributes=self.watched)
+        self.modules = ModuleState()
         modules, self.known = reachable(owner)
         self.modules.note_trees(modules)
-        for t in self.known:
-            self.watched.note(t)
         self.positions: dict[int, _Position] = {}
         # Per segment: requires_grad of its input, and which of its input tensors were
         # the user's own (a recompute's copy of them counts as them), and a fingerprint
@@ -243,15 +228,6 @@ class CheckpointedSolve:
         if problem.return_all:
             return tuple(torch.stack([s[m] for s in trajectory]) for m in range(len(state)))
         return state
-
-    def refuse_changes_in_forward(self) -> None:
-        """Raise if func changed in place a tensor it reaches (InPlaceWatch says which are
-        watched), other than a module buffer or a view of one (which the recompute replays)."""
-        buffers = {id(t) for t in self.modules.objects.values()}
-        for t in self.watched.changed():
-            if id(t) not in buffers and id(t._base) not in buffers:
-                raise RuntimeError(CHANGED_IN_FORWARD_MESSAGE.format(
-                    mode=self.mode, shape=tuple(t.shape), dtype=t.dtype))
 
     def _segment_starts(self, segment: int, state: State) -> None:
         self.ledger.start_segment(segment)
@@ -402,7 +378,7 @@ def run_forward(solve: CheckpointedSolve, state: State) -> State:
     ledger = _C.SavedLedger(solve._recompute, solve.mode)
     solve._ledger = weakref.ref(ledger)
     try:
-        out = solve.forward(state)
+        return solve.forward(state)
     except RuntimeError as error:
         if "saved tensor hooks" not in str(error):
             raise
@@ -411,6 +387,3 @@ def run_forward(solve: CheckpointedSolve, state: State) -> State:
             f"({error}); torch.func transforms (grad, vjp, jacrev) inside func are such a case. Use "
             "grad='direct' for this func"
         ) from error
-    solve.refuse_changes_in_forward()
-    return out
-

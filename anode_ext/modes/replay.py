@@ -16,7 +16,6 @@ import contextlib
 import functools
 import threading
 import types
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -171,52 +170,6 @@ BufferKey = tuple[int, str]
 BufferValues = dict[BufferKey, Tensor]
 
 
-class InPlaceWatch:
-    """Tensors as they were when noted, to tell later whether any was changed in place:
-    the version counter and, for tensors that require no grad, the float64 sum and L2
-    norm of the values, since F.batch_norm writes its running statistics without a
-    version bump (so does a write through ``.data``). Reading the sums costs one pass
-    over each tensor noted.
-
-    Left out: parameters (a lazy module materialises its own, a data-dependent
-    initialisation fills them once, an optimizer changes them between forward and
-    backward, which the recompute's own checks refuse), tensors without plain strided
-    storage, and inference tensors, which have no version counter. Unseen: a change
-    through ``.data`` to a tensor that requires grad, and one that keeps the sum and the
-    norm (a permutation).
-    """
-
-    def __init__(self) -> None:
-        self.entries: dict[int, tuple[weakref.ref, int, Tensor | None]] = {}
-
-    def note(self, t: Tensor) -> None:
-        noted = self.entries.get(id(t))
-        if (noted is not None and noted[0]() is t) or isinstance(t, nn.Parameter) or t.layout != torch.strided \
-                or t.is_inference() or t.device.type == "meta":
-            return
-        self.entries[id(t)] = (weakref.ref(t), t._version, _value_sums(t))
-
-    def changed(self) -> Iterator[Tensor]:
-        """The noted tensors, still alive, changed since they were noted."""
-        for ref, version, sums in self.entries.values():
-            t = ref()
-            if t is None:
-                continue
-            if t._version != version or (sums is not None and not torch.allclose(
-                    _value_sums(t), sums, rtol=0.0, atol=0.0, equal_nan=True)):
-                yield t
-
-
-def _value_sums(t: Tensor) -> Tensor | None:
-    if t.requires_grad:
-        return None
-    with torch.no_grad():
-        values = torch.view_as_real(t) if t.is_complex() else t
-        if not values.is_floating_point():  # integer and bool tensors: rare in a func, and small
-            values = values.to(torch.float64)
-        return torch.stack([values.sum(dtype=torch.float64), torch.linalg.vector_norm(values, dtype=torch.float64)])
-
-
 class ModuleState:
     """The module state a forward solve runs with: buffers and train/eval flags.
 
@@ -224,14 +177,11 @@ class ModuleState:
     func is, is bound to or closes over) and, while ``watch()`` is on, at their first
     call in this thread (any other module func reaches). Each buffer is noted as
     (module, name) with its value then, each module with its ``training`` flag.
-    ``values()`` copies the current values, for positions inside the solve. With
-    ``attributes``, the tensors a module holds as plain attributes (neither parameters
-    nor buffers, so not replayed) are noted in it as the module is.
+    ``values()`` copies the current values, for positions inside the solve.
     """
 
-    def __init__(self, attributes: InPlaceWatch | None = None) -> None:
+    def __init__(self) -> None:
         self.thread = threading.get_ident()
-        self.attributes = attributes
         self.modules: dict[int, tuple[nn.Module, bool]] = {}
         self.buffers: dict[BufferKey, tuple[nn.Module, str]] = {}
         self.objects: dict[BufferKey, Tensor] = {}
@@ -260,11 +210,6 @@ class ModuleState:
         if id(module) in self.modules:
             return
         self.modules[id(module)] = (module, module.training)
-        if self.attributes is not None:
-            for value in list(vars(module).values()):
-                for t in value if isinstance(value, (list, tuple)) else (value,):
-                    if isinstance(t, Tensor):
-                        self.attributes.note(t)
         for name, buffer in module._buffers.items():
             if buffer is not None:
                 key = (id(module), name)
@@ -362,9 +307,8 @@ def buffers_unchanged() -> Iterator[None]:
 
 def reachable(func: object, depth: int = 3) -> tuple[list[nn.Module], list[Tensor]]:
     """The modules and the tensors a callable is, is bound to, or holds: through bound
-    methods, partials, closure cells, default arguments, the globals its code names, the
-    attributes of plain objects and the items of lists, tuples, sets and dicts, `depth`
-    levels deep.
+    methods, partials, closure cells, the globals its code names, the attributes of
+    plain objects and the items of lists, tuples, sets and dicts, `depth` levels deep.
 
     The recompute replays the state of the modules' whole trees (also of a module whose
     forward started before the solve: a bound method of the model that calls odeint),
@@ -407,9 +351,6 @@ def reachable(func: object, depth: int = 3) -> tuple[list[nn.Module], list[Tenso
                     visit(cell.cell_contents, level - 1)
                 except ValueError:  # an empty cell
                     pass
-            for default in (*(getattr(function, "__defaults__", None) or ()),
-                            *(getattr(function, "__kwdefaults__", None) or {}).values()):
-                visit(default, level - 1)
             names = getattr(function, "__globals__", None) or {}
             for name in code.co_names:
                 if name in names:
