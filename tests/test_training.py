@@ -214,7 +214,7 @@ def test_outputs_of_a_run(tmp_path):
 
 def _probe_output_folder(out, barrier):
     from anode_ext.training.cli import _check_output_folder
-    barrier.wait()
+    barrier.wait(timeout=120)
     for _ in range(1000):
         _check_output_folder(out)
 
@@ -225,7 +225,7 @@ def test_output_folder_check_of_processes_sharing_it(tmp_path):
     out = str(tmp_path / "run")
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(4)
-    processes = [context.Process(target=_probe_output_folder, args=(out, barrier)) for _ in range(4)]
+    processes = [context.Process(target=_probe_output_folder, args=(out, barrier), daemon=True) for _ in range(4)]
     for process in processes:
         process.start()
     for process in processes:
