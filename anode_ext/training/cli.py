@@ -247,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"anode-train: {error}") from None
         except ValueError as error:  # an option that only the first solve can check (--memory-budget)
             raise SystemExit(f"anode-train: {error}") from None
+        if topo.distributed:
+            # No rank tears the group down while another is still writing its outputs or in a
+            # collective: a peer that goes first can make gloo abort the other (exit -6).
+            dist.barrier()
         if topo.main:
             if outcome == "stopped":
                 print(f"stopped: checkpoint written to {trainer.checkpoint_path}; continue with --resume "
