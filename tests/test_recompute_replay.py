@@ -629,8 +629,7 @@ def test_statistics_in_buffers_are_replayed_and_gradients_right_without(grad, ch
 @pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)
 def test_view_of_a_module_buffer_held_by_func_is_refused_by_the_recompute(grad, checkpoints):
     # The module's buffer is replayed as an object swapped in, which a view taken before
-    # the solve does not follow: the recompute reads other values and says so. It is not
-    # the error for tensors of func's own, since the buffer itself is replayed.
+    # the solve does not follow: the recompute reads other values and says so.
     lin, norm = nn.Linear(4, 4).double(), nn.BatchNorm1d(4).double()
     head = norm.running_mean[:2]
 
