@@ -89,7 +89,7 @@ def rda_bandwidth(device: str, sizes: Sizes) -> list[dict]:
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
         r = rda_ops_benchmark(sizes.filters, device, dtype, repeats=sizes.repeats)
-        size = r["numel"] * torch.empty(0, dtype=dtype).element_size()
+        size = r["numel"] * dtype.itemsize
         cout, cin = sizes.filters
         label = f"{cout}x{cin}x3x3 {r['dtype']}"
         for op, passes in RDA_PASSES.items():
