@@ -20,6 +20,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 
 from setuptools import setup
@@ -67,6 +68,81 @@ def compiler_has_openmp() -> bool:
             "building without OpenMP, so the CPU kernels run on one thread"
         )
     return accepted
+
+
+LIBSTDCXX_PROBE = """
+#include <sstream>
+#include <string>
+std::string format(unsigned long n) { std::ostringstream s; s << n; return s.str(); }
+"""
+
+
+def needed_libraries(path: str) -> list[str] | None:
+    """The shared libraries a Linux shared object names as NEEDED; None without readelf."""
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        return None
+    result = subprocess.run([readelf, "-d", path], capture_output=True, text=True)
+    if result.returncode != 0:
+        return None
+    return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", result.stdout)
+
+
+def has_shared_cxx_runtime(needed: list[str]) -> bool:
+    return any(name.startswith(("libstdc++.so", "libc++.so")) for name in needed)
+
+
+def links_cxx_runtime_shared(compiler: list[str], extra: list[str]) -> bool | None:
+    """Whether a shared library built by compiler names a shared C++ runtime; None if unknown."""
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, "probe.cpp")
+        library = os.path.join(folder, "probe.so")
+        with open(source, "w") as f:
+            f.write(LIBSTDCXX_PROBE)
+        try:
+            built = subprocess.run(
+                [*compiler, "-shared", "-fPIC", source, *extra, "-o", library], capture_output=True
+            ).returncode == 0
+        except OSError:
+            return None
+        needed = needed_libraries(library) if built else None
+    return None if needed is None else has_shared_cxx_runtime(needed)
+
+
+def loaded_libstdcxx() -> str | None:
+    """The path of the libstdc++ this process has loaded (torch loads it), or None."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = [line.split()[-1] for line in f if "libstdc++.so" in line]
+    except OSError:
+        return None
+    return paths[0] if paths else None
+
+
+def cxx_runtime_link_args() -> list[str]:
+    """Link arguments that make _C.so use the shared libstdc++ torch uses.
+
+    A compiler whose own library folder holds only libstdc++.a (a relocated GCC behind
+    a wrapper script, as on the GPU machine, bench/RESULTS.md) links a private copy of
+    the C++ runtime into _C.so. Two runtimes in one process do not share iostream
+    locale facets, and the first integer an error message formatted crashed the
+    process. Such a compiler is given the libstdc++ already loaded with torch; a
+    compiler that cannot be made to link it shared is an error.
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    compiler = shlex.split(os.environ.get("CXX", "c++"))
+    if links_cxx_runtime_shared(compiler, []) is not False:
+        return []
+    runtime = loaded_libstdcxx()
+    if runtime is not None and links_cxx_runtime_shared(compiler, [runtime]):
+        print(f"anode_ext: {' '.join(compiler)} links libstdc++ statically; linking {runtime}, the one torch loads")
+        return [runtime]
+    raise RuntimeError(
+        f"{' '.join(compiler)} links libstdc++ statically into shared libraries, and a second C++ "
+        "runtime beside torch's crashes the process; expected a compiler that links libstdc++.so "
+        "(set CXX and CC, e.g. CXX=/usr/bin/g++ CC=/usr/bin/gcc)"
+    )
 
 
 def is_toolkit_root(path: str) -> bool:
@@ -184,13 +260,14 @@ def extensions():
     else:
         make = CppExtension
         compile_args = {"cxx": cxx_flags + defines}
+    link_args = openmp + cxx_runtime_link_args()
     return [
         make(
             name="anode_ext._C",
             sources=sources,
             include_dirs=include_dirs,
             extra_compile_args=compile_args,
-            extra_link_args=openmp,
+            extra_link_args=link_args,
         )
     ]
 
@@ -206,8 +283,24 @@ def build_ext_class():
                 # fixed one lets ninja recompile only the sources that changed.
                 self.build_temp = os.path.join(ROOT, "build", "editable")
 
+        def build_extensions(self):
+            super().build_extensions()
+            if not sys.platform.startswith("linux"):
+                return
+            for ext in self.extensions:
+                path = self.get_ext_fullpath(ext.name)
+                needed = needed_libraries(path) if os.path.exists(path) else None
+                if needed is not None and not has_shared_cxx_runtime(needed):
+                    raise RuntimeError(
+                        f"{path} holds its own copy of the C++ runtime (it names no shared "
+                        f"libstdc++ or libc++; it needs {', '.join(needed)}), which crashes beside "
+                        "torch's; expected a compiler that links libstdc++.so (set CXX and CC)"
+                    )
+
     return BuildExt.with_options(use_ninja=True)
 
 
 # Package metadata lives in pyproject.toml; this file only adds the compiled library.
-setup(ext_modules=extensions(), cmdclass={"build_ext": build_ext_class()})
+# Build backends run this file as __main__; tests import its helpers without building.
+if __name__ == "__main__":
+    setup(ext_modules=extensions(), cmdclass={"build_ext": build_ext_class()})

@@ -111,7 +111,11 @@ command -v ninja >/dev/null || echo "gpu_check: ninja is not on PATH; the build 
 stage build 200 env MAX_JOBS=16 TORCH_CUDA_ARCH_LIST="$arch" ANODE_EXT_FORCE_CUDA=1 \
     "$PY" setup.py build_ext --inplace || exit 1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-stage cuda_tests 120 "$PY" -m pytest -q -p no:cacheprovider --durations=10 --junitxml="$OUT/cuda_tests.xml" \
-    -k cuda tests
+# Four pytest-xdist workers where it is installed: a test that crashes its process is
+# then one failure among the results rather than the end of the run.
+workers=()
+"$PY" -c "import xdist" 2>/dev/null && workers=(-n 4)
+stage cuda_tests 120 "$PY" -m pytest -q -p no:cacheprovider --durations=10 "${workers[@]}" \
+    --junitxml="$OUT/cuda_tests.xml" -k cuda tests
 stage figures 120 "$PY" bench/gpu_figures.py "$OUT"
 exit "$status"
