@@ -7,7 +7,10 @@
   device-to-device copy timed in the same run;
 - the ODE-ResNet at batch 128, Nt = 2 and 8: training-step time and peak memory of anode
   (and of the ANODEv2 model with every block coupled) against direct;
-- an ODE-ResNet block against torchdiffeq.odeint_adjoint: time ratio and gradient error.
+- an ODE-ResNet block against torchdiffeq.odeint_adjoint: time ratio and gradient error;
+- where one ODE-ResNet training step (Nt = the largest of the steps) spends its time under
+  direct and anode (torch.profiler): ops dispatched, kernels launched, host-device
+  synchronisations, kernel time against the step's wall time, and the ops costing most host time.
 
 `--smoke` runs every measurement at toy sizes (the test suite does, on the CPU), so that a
 GPU run is not lost to an error in this script.
@@ -24,11 +27,12 @@ from dataclasses import dataclass
 
 import torch
 
-from anode_ext import build_info, rk_combine
+from anode_ext import build_info, models, rk_combine
 from anode_ext.bench.blocks import block_benchmark
 from anode_ext.bench.models_bench import model_benchmark
 from anode_ext.bench.ops import RDA_PASSES, rda_ops_benchmark
 from anode_ext.bench.solvers import Solver, solvers
+from anode_ext.modes import grad_mode_named
 from anode_ext.bench.timing import compare_medians
 
 RK4 = (1 / 6, 1 / 3, 1 / 3, 1 / 6)
@@ -156,6 +160,59 @@ def block_figures(device: str, sizes: Sizes) -> list[dict]:
     return results
 
 
+# Host-side events that wait for the device: a step that has them cannot run ahead of the GPU.
+SYNC_EVENTS = ("aten::_local_scalar_dense", "aten::equal", "cudaStreamSynchronize", "cudaDeviceSynchronize",
+               "cudaEventSynchronize", "cudaMemcpy")
+LAUNCH_EVENTS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+
+
+def step_profile(device: str, sizes: Sizes) -> list[dict]:
+    """Where one warmed ODE-ResNet training step spends its time, per gradient mode."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(sizes.batch, 3, 32, 32, generator=gen).to(device)
+    target = torch.randint(0, 10, (sizes.batch,), generator=gen).to(device)
+    rows = []
+    for mode in ("direct", "anode"):
+        torch.manual_seed(0)
+        model = models.create("resnet", width=sizes.width, steps=max(sizes.steps), method="midpoint",
+                              grad=grad_mode_named(mode)).to(device)
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), target).backward()
+
+        for _ in range(3):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        with profile(activities=activities) as prof:
+            started = time.perf_counter()
+            step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - started
+        events = prof.key_averages()
+        counts = {e.key: e.count for e in events}
+        kernel_seconds = sum(e.self_device_time_total for e in events) / 1e6
+        top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+        rows.append({
+            "mode": mode,
+            "steps": max(sizes.steps),
+            "wall_seconds": wall,
+            "kernel_seconds": kernel_seconds,
+            "kernel_fraction_of_wall": kernel_seconds / wall,
+            "aten_ops": sum(n for key, n in counts.items() if key.startswith("aten::")),
+            "kernel_launches": sum(counts.get(key, 0) for key in LAUNCH_EVENTS),
+            "syncs": {key: counts[key] for key in SYNC_EVENTS if key in counts},
+            "top_host_ops": [{"op": e.key, "count": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3} for e in top],
+        })
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "top_host_ops"}), flush=True)
+    return rows
+
+
 def main(out_dir: str, device: str = "cuda", sizes: Sizes = Sizes()) -> dict:
     """Measure every figure, write OUT_DIR/gpu_figures.json and return its contents."""
     os.makedirs(out_dir, exist_ok=True)
@@ -169,7 +226,7 @@ def main(out_dir: str, device: str = "cuda", sizes: Sizes = Sizes()) -> dict:
     }
     path = os.path.join(out_dir, "gpu_figures.json")
     sections = [("rk_combine", combine_bandwidth), ("rda", rda_bandwidth), ("resnet", resnet_figures),
-                ("resnet_block_vs_torchdiffeq", block_figures)]
+                ("resnet_block_vs_torchdiffeq", block_figures), ("anode_step_profile", step_profile)]
     for name, measure in sections:
         results[name] = measure(device, sizes)
         if name in ("rk_combine", "rda"):

@@ -36,3 +36,6 @@ def test_every_figure_is_measured(tmp_path):
     (block,) = written["resnet_block_vs_torchdiffeq"]
     assert block["grad_error_anode"] < 1e-6 < block["grad_error_torchdiffeq_adjoint"]
     assert all(math.isfinite(r["seconds"]) for r in block["rows"])
+    direct, anode = written["anode_step_profile"]
+    assert (direct["mode"], anode["mode"]) == ("direct", "anode")
+    assert anode["aten_ops"] > direct["aten_ops"] > 0 and anode["top_host_ops"]
