@@ -11,7 +11,7 @@ from .modes import GRAD_MODES, Adjoint, Anode, Direct, GradMode, ReversibleGrad,
 from .reversible import Reversible
 from .odeint import odeint
 from .ops import rk_combine
-from .rda import RDA, rda_rhs, rda_rk_step
+from .rda import RDA, rda_rhs, rda_rk_step, release_rda_buffers
 from .tableau import TABLEAUX, Tableau, get_tableau
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "odeint",
     "rda_rhs",
     "rda_rk_step",
+    "release_rda_buffers",
     "revolve",
     "rk_combine",
 ]

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from . import _library  # noqa: F401  (registers torch.ops.anode_ext)
 from .tableau import Tableau
 
-__all__ = ["REACTIONS", "RDA", "rda_rhs", "rda_rk_step"]
+__all__ = ["REACTIONS", "RDA", "rda_rhs", "rda_rk_step", "release_rda_buffers"]
 
 REACTIONS = {"tanh": 0, "relu": 1, "none": 2}
 """The reaction functions rho by name, with the code the compiled ops take."""
@@ -193,3 +193,19 @@ class RDA(nn.Module):
 
     def extra_repr(self) -> str:
         return f"weights={len(self.coefficients)}, reaction={self.reaction}"
+
+
+def release_rda_buffers() -> int:
+    """Free the CPU buffers that the RDA ops keep for reuse.
+
+    On the CPU, an output of `rda_rhs`, `rda_rk_step` or their backwards of 1 MiB or more
+    comes from a pool of freed buffers of exactly its size, which keeps up to 512 MiB in all,
+    so that a coupled model does not fault fresh pages in for every weight stage at every step.
+    This hands that memory back to the system (after training, say); later calls fill the pool
+    again as they free outputs. Tensors in use are not affected.
+
+    Returns:
+        The number of bytes freed.
+    """
+    return _library._C.release_pooled_outputs()
+

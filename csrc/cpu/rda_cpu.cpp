@@ -3,6 +3,7 @@
 // instruction set and chosen once by what the CPU has.
 
 #include "../rda.h"
+#include "output_pool.h"
 #include "rda_kernel_table.h"
 
 #include <ATen/ATen.h>
@@ -40,7 +41,7 @@ const RdaCpuKernels& kernels() {
 at::Tensor rda_rhs_cpu(const at::Tensor& theta, const at::Tensor& coefficients, int64_t reaction) {
   const RdaGeometry g = check_rda_args("rda_rhs", theta, coefficients, reaction);
   const at::Tensor th = theta.contiguous();
-  at::Tensor out = at::empty_like(th);
+  at::Tensor out = pooled_empty_like(th);
   kernels().rhs(th, coefficients.contiguous(), g, reaction, out);
   return out;
 }
@@ -51,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor> rda_rhs_backward_cpu(const at::Tensor& grad, 
   check_rda_grad("rda_rhs_backward", grad, theta);
   const at::Tensor th = theta.contiguous();
   const at::Tensor co = coefficients.contiguous();
-  at::Tensor grad_theta = at::empty_like(th);
+  at::Tensor grad_theta = pooled_empty_like(th);
   at::Tensor grad_coefficients = at::empty_like(co);
   kernels().rhs_backward(grad.contiguous(), th, co, g, reaction, grad_theta, grad_coefficients);
   return {grad_theta, grad_coefficients};
@@ -65,7 +66,7 @@ std::vector<at::Tensor> rda_rk_step_cpu(const at::Tensor& theta, const at::Tenso
   const at::Tensor th = theta.contiguous();
   std::vector<at::Tensor> outs;
   for (size_t i = 0; i < b.size(); ++i) {
-    outs.push_back(at::empty_like(th));
+    outs.push_back(pooled_empty_like(th));
   }
   kernels().rk_step(th, coefficients.contiguous(), g, reaction, a, b, h, outs);
   return outs;
@@ -86,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor> rda_rk_step_backward_cpu(at::TensorList grads
   }
   const at::Tensor th = theta.contiguous();
   const at::Tensor co = coefficients.contiguous();
-  at::Tensor grad_theta = at::empty_like(th);
+  at::Tensor grad_theta = pooled_empty_like(th);
   at::Tensor grad_coefficients = at::empty_like(co);
   kernels().rk_step_backward(gr, th, co, g, reaction, a, b, h, grad_theta, grad_coefficients);
   return {grad_theta, grad_coefficients};

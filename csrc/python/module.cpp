@@ -4,6 +4,7 @@
 // bookkeeping of the recomputing gradient modes.
 
 #include "bindings.h"
+#include "../cpu/output_pool.h"
 
 #ifndef ANODE_EXT_TORCH_VERSION
 #error "ANODE_EXT_TORCH_VERSION must be defined by setup.py"
@@ -25,6 +26,10 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("openmp") = 0;
 #endif
+  m.def("release_pooled_outputs", &anode_ext::release_pooled_outputs,
+        "Frees the CPU buffers kept for reuse by the RDA ops; returns how many bytes that was.");
+  m.def("pooled_output_bytes", &anode_ext::pooled_output_bytes,
+        "Bytes of freed CPU buffers the RDA ops keep for reuse.");
   anode_ext::bind_solver_step(m);
   anode_ext::bind_saved_ledger(m);
 }
