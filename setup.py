@@ -81,11 +81,15 @@ def needed_libraries(path: str) -> list[str] | None:
     """The shared libraries a Linux shared object names as NEEDED; None without readelf."""
     readelf = shutil.which("readelf")
     if readelf is None:
+        print("anode_ext: readelf is not on PATH; the check that _C links a shared C++ runtime is skipped")
         return None
-    result = subprocess.run([readelf, "-d", path], capture_output=True, text=True)
+    # readelf translates its output: read it in the C locale, which the pattern expects.
+    env = {k: v for k, v in os.environ.items() if k not in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")}
+    result = subprocess.run([readelf, "-d", path], capture_output=True, text=True, env={**env, "LC_ALL": "C"})
     if result.returncode != 0:
         return None
-    return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", result.stdout)
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", result.stdout)
+    return needed or None  # a shared object names at least libc: none found means unreadable
 
 
 def has_shared_cxx_runtime(needed: list[str]) -> bool:
