@@ -208,4 +208,3 @@ def release_rda_buffers() -> int:
         The number of bytes freed.
     """
     return _library._C.release_pooled_outputs()
-

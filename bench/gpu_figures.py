@@ -29,11 +29,11 @@ import torch
 
 from anode_ext import build_info, models, rk_combine
 from anode_ext.bench.blocks import block_benchmark
-from anode_ext.bench.models_bench import model_benchmark
+from anode_ext.bench.models_bench import _train_step, model_benchmark
 from anode_ext.bench.ops import RDA_PASSES, rda_ops_benchmark
 from anode_ext.bench.solvers import Solver, solvers
-from anode_ext.modes import grad_mode_named
 from anode_ext.bench.timing import compare_medians
+from anode_ext.modes import grad_mode_named
 
 RK4 = (1 / 6, 1 / 3, 1 / 3, 1 / 6)
 
@@ -179,18 +179,13 @@ def step_profile(device: str, sizes: Sizes) -> list[dict]:
         torch.manual_seed(0)
         model = models.create("resnet", width=sizes.width, steps=max(sizes.steps), method="midpoint",
                               grad=grad_mode_named(mode)).to(device)
-
-        def step():
-            model.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(model(x), target).backward()
-
         for _ in range(3):
-            step()
+            _train_step(model, x, target)
         if device == "cuda":
             torch.cuda.synchronize()
         with profile(activities=activities) as prof:
             started = time.perf_counter()
-            step()
+            _train_step(model, x, target)
             if device == "cuda":
                 torch.cuda.synchronize()
             wall = time.perf_counter() - started
