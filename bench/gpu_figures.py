@@ -10,7 +10,9 @@
 - an ODE-ResNet block against torchdiffeq.odeint_adjoint: time ratio and gradient error;
 - where one ODE-ResNet training step (Nt = the largest of the steps) spends its time under
   direct and anode (torch.profiler): ops dispatched, kernels launched, host-device
-  synchronisations, kernel time against the step's wall time, and the ops costing most host time.
+  synchronisations, kernel time against the step's wall time, and the ops costing most host time;
+- that anode step with the saved-tensor samples gathered once per step against copied one
+  tensor at a time.
 
 `--smoke` runs every measurement at toy sizes (the test suite does, on the CPU), so that a
 GPU run is not lost to an error in this script.
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from anode_ext import build_info, models, rk_combine
+from anode_ext._library import _C
 from anode_ext.bench.blocks import block_benchmark
 from anode_ext.bench.models_bench import _train_step, model_benchmark
 from anode_ext.bench.ops import RDA_PASSES, rda_ops_benchmark
@@ -208,6 +211,36 @@ def step_profile(device: str, sizes: Sizes) -> list[dict]:
     return rows
 
 
+def sample_gather(device: str, sizes: Sizes) -> list[dict]:
+    """The anode ODE-ResNet training step with the saved-tensor samples gathered once per
+    step against copied one tensor at a time (docs/design_decisions.md), interleaved."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(sizes.batch, 3, 32, 32, generator=gen).to(device)
+    target = torch.randint(0, 10, (sizes.batch,), generator=gen).to(device)
+    rows = []
+    for steps in sizes.steps:
+        torch.manual_seed(0)
+        model = models.create("resnet", width=sizes.width, steps=steps, method="midpoint", grad="anode").to(device)
+
+        def step_with(gathered: bool):
+            def step() -> None:
+                previous = _C.set_sample_gather(gathered)
+                try:
+                    _train_step(model, x, target)
+                finally:
+                    _C.set_sample_gather(previous)
+
+            return step
+
+        medians = compare_medians({"gathered": step_with(True), "one by one": step_with(False)}, device,
+                                  repeats=sizes.model_repeats)
+        rows.append({"steps": steps, "gathered_seconds": medians["gathered"],
+                     "one_by_one_seconds": medians["one by one"],
+                     "gathered_over_one_by_one": medians["gathered"] / medians["one by one"]})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main(out_dir: str, device: str = "cuda", sizes: Sizes = Sizes()) -> dict:
     """Measure every figure, write OUT_DIR/gpu_figures.json and return its contents."""
     os.makedirs(out_dir, exist_ok=True)
@@ -221,7 +254,8 @@ def main(out_dir: str, device: str = "cuda", sizes: Sizes = Sizes()) -> dict:
     }
     path = os.path.join(out_dir, "gpu_figures.json")
     sections = [("rk_combine", combine_bandwidth), ("rda", rda_bandwidth), ("resnet", resnet_figures),
-                ("resnet_block_vs_torchdiffeq", block_figures), ("anode_step_profile", step_profile)]
+                ("resnet_block_vs_torchdiffeq", block_figures), ("anode_step_profile", step_profile),
+                ("sample_gather", sample_gather)]
     for name, measure in sections:
         results[name] = measure(device, sizes)
         if name in ("rk_combine", "rda"):

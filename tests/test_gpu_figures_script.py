@@ -39,3 +39,5 @@ def test_every_figure_is_measured(tmp_path):
     direct, anode = written["anode_step_profile"]
     assert (direct["mode"], anode["mode"]) == ("direct", "anode")
     assert anode["aten_ops"] > direct["aten_ops"] > 0 and anode["top_host_ops"]
+    (gather,) = written["sample_gather"]
+    assert gather["gathered_seconds"] > 0 and gather["one_by_one_seconds"] > 0

@@ -14,11 +14,14 @@
 // that changed under an abs, say): the state fingerprints alone would let that through,
 // and the gradient would silently differ. Only saved tensors that require grad are
 // sampled: the others include workspaces that ops save partly unwritten (oneDNN's LSTM,
-// rrelu's noise, ctc_loss's log_alpha), whose bytes differ between identical calls. On
-// the CPU the elements are read in place; on other devices they are copied by one small
-// asynchronous kernel and compared once per recomputed segment. Tensors without plain
-// strided data (nested tensors, tensor subclasses, functorch wrappers) have neither their
-// shape checked nor a sample taken.
+// rrelu's noise, ctc_loss's log_alpha), whose bytes differ between identical calls.
+// Samples are not copied one tensor at a time (on a GPU that was a kernel launch and an
+// allocation per saved tensor, twice per training step): the tensors are held, as the
+// segment holds them anyway, and gathered into one byte buffer per step of the forward
+// and per recompute (sample_gather.h), which are compared once per recomputed segment.
+// A tensor modified in place, or whose storage shrank, between being saved and being
+// gathered gives no sample. Tensors without plain strided data (nested tensors, tensor
+// subclasses, functorch wrappers) have neither their shape checked nor a sample taken.
 //
 // An adaptive solve records its rejected step attempts too (they run in the forward and
 // in the recompute alike, so the tensors keep their places); what they saved is marked
@@ -38,11 +41,11 @@
 #include <optional>
 #include <sstream>
 #include <string>
-#include <tuple>
 #include <unordered_map>
 #include <vector>
 
 #include "bindings.h"
+#include "sample_gather.h"
 
 namespace anode_ext {
 namespace {
@@ -53,8 +56,6 @@ using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorIm
 // The sample: the elements of `t` at multi-indices j * step_d (step_d = (size_d - 1) / 2,
 // j = 0, 1, 2): its first element, one near its middle and one near its end. They are
 // evenly spaced in its storage whatever its layout, `sample_stride` elements apart.
-constexpr int64_t kSampled = 3;
-
 int64_t sample_stride(const at::Tensor& t) {
   int64_t stride = 0;
   for (int64_t d = 0; d < t.dim(); ++d) {
@@ -62,23 +63,6 @@ int64_t sample_stride(const at::Tensor& t) {
   }
   return stride;
 }
-
-// The sample's bytes, read in place (CPU tensors).
-std::string sample_bytes(const at::Tensor& t) {
-  const int64_t stride = sample_stride(t);
-  const int64_t size = static_cast<int64_t>(t.element_size());
-  const char* first = static_cast<const char*>(t.const_data_ptr());
-  std::string bytes(kSampled * size, '\0');
-  for (int64_t j = 0; j < kSampled; ++j) {
-    std::memcpy(&bytes[j * size], first + j * stride * size, size);
-  }
-  return bytes;
-}
-
-struct Sample {
-  std::string bytes;  // CPU tensors
-  at::Tensor copy;    // tensors on other devices (a copy of the sample as bytes)
-};
 
 // Whether `t` is a plain strided tensor whose shape and data this ledger may read.
 bool plain(const at::Tensor& t) {
@@ -89,19 +73,85 @@ bool plain(const at::Tensor& t) {
          t.has_storage() && !t.is_meta();
 }
 
-// Empty for a tensor that does not require grad, is empty or has no plain data.
-Sample sample_of(const at::Tensor& t) {
-  Sample s;
-  if (!t.requires_grad() || !plain(t) || t.numel() == 0 || t.const_data_ptr() == nullptr) {
-    return s;
+// Whether a sample of `t` is taken: it requires grad and has plain, nonempty data.
+bool sampled(const at::Tensor& t) {
+  return t.requires_grad() && plain(t) && t.numel() > 0 && t.const_data_ptr() != nullptr;
+}
+
+// A saved tensor whose sample is still to be gathered into a buffer, at `offset`.
+struct Pending {
+  size_t index;       // its slot in the segment
+  at::Tensor tensor;  // undefined: copy the forward's sample of the slot instead
+  uint32_t version;   // when saved
+  int64_t offset;
+  int64_t element_size;
+};
+
+// Whether the sample of `t` can still be read as it was when saved: not modified in
+// place since, its storage still holding the sampled elements.
+bool readable(const at::Tensor& t, uint32_t version) {
+  if (!t.defined() || static_cast<uint32_t>(t._version()) != version || !plain(t) || t.numel() == 0 ||
+      t.const_data_ptr() == nullptr) {
+    return false;
   }
-  if (t.is_cpu()) {
-    s.bytes = sample_bytes(t);
-  } else {
-    const at::Tensor view = t.as_strided({kSampled}, {sample_stride(t)}, t.storage_offset());
-    s.copy = view.clone(at::MemoryFormat::Contiguous).view(at::kByte);
+  const int64_t last = t.storage_offset() + (kSampled - 1) * sample_stride(t);
+  return (last + 1) * static_cast<int64_t>(t.element_size()) <= static_cast<int64_t>(t.storage().nbytes());
+}
+
+// The sample of `t` into `region` (kSampled elements as bytes), by a copy of its own:
+// tensors on another device than the buffer, or on a device gather_samples cannot read.
+void copy_sample(const at::Tensor& t, const at::Tensor& region) {
+  const at::Tensor elements = t.as_strided({kSampled}, {sample_stride(t)}, t.storage_offset());
+  region.copy_(elements.clone(at::MemoryFormat::Contiguous).view(at::kByte));
+}
+
+// A zeroed buffer of `bytes` for samples on `device` (the places of unread samples stay
+// zero also when the gather is turned off while the buffer is filled).
+at::Tensor sample_buffer(int64_t bytes, const at::Device& device) {
+  return at::zeros({bytes}, at::TensorOptions().dtype(at::kByte).device(device));
+}
+
+// Writes the samples of `pending` into `buffer`, whose byte 0 is offset `base`. An entry
+// without a readable tensor copies the same region of `fallback` (the forward's samples)
+// or, without one, is left zero and its slot returned.
+std::vector<size_t> gather_pending(const std::vector<Pending>& pending, const at::Tensor& buffer, int64_t base,
+                                   const at::Tensor& fallback) {
+  std::vector<size_t> unread;
+  if (pending.empty()) {
+    return unread;
   }
-  return s;
+  const bool gathered = gathers_on(buffer.device());
+  std::vector<SampleSource> sources;
+  std::vector<const Pending*> copied;
+  for (const Pending& p : pending) {
+    SampleSource source{nullptr, 0, p.element_size, p.offset - base};
+    if (readable(p.tensor, p.version)) {
+      if (gathered && p.tensor.device() == buffer.device()) {
+        source.address = p.tensor.const_data_ptr();
+        source.stride_bytes = sample_stride(p.tensor) * p.element_size;
+      } else {
+        copied.push_back(&p);
+      }
+    } else if (fallback.defined()) {
+      if (gathered) {
+        source.address = static_cast<const char*>(fallback.const_data_ptr()) + p.offset;
+        source.stride_bytes = p.element_size;
+      } else {
+        buffer.narrow(0, p.offset - base, kSampled * p.element_size)
+            .copy_(fallback.narrow(0, p.offset, kSampled * p.element_size));
+      }
+    } else {
+      unread.push_back(p.index);
+    }
+    sources.push_back(source);
+  }
+  if (gathered) {
+    gather_samples(sources, buffer);
+  }
+  for (const Pending* p : copied) {
+    copy_sample(p->tensor, buffer.narrow(0, p->offset - base, kSampled * p->element_size));
+  }
+  return unread;
 }
 
 struct Meta {
@@ -110,7 +160,8 @@ struct Meta {
   WeakImpl object;   // the saved tensor itself, and its version when saved: the same
   uint32_t version;  // object met again in the recompute must not have changed since
   std::optional<WeakImpl> outside;
-  Sample sample;
+  int64_t sample_at = -1;  // its sample's place in the segment's samples; -1: none taken
+  bool sample_read = true;  // false: changed before the gather, its place holds zeros
 };
 
 struct Segment {
@@ -118,6 +169,13 @@ struct Segment {
   std::vector<bool> discarded;  // per saved tensor: saved by work whose result the solve dropped
   std::vector<at::Tensor> live;  // the forward's tensors, while the segment's forward runs
   bool running = false;
+  // The forward's samples as bytes: gathered step by step into chunks while it runs,
+  // joined when it ends.
+  at::Tensor samples;
+  std::vector<at::Tensor> sample_chunks;
+  int64_t sample_bytes = 0;    // taken so far
+  int64_t chunked_bytes = 0;   // of which gathered into chunks
+  std::optional<at::Device> sample_device;  // of the first tensor sampled
   // The latest recompute, one slot per saved tensor: the tensors (or, with the caller's
   // hooks, what they made of them), their versions when saved, and how many tensors
   // autograd has not taken yet.
@@ -145,6 +203,7 @@ class SavedLedger {
   // --- the forward ---------------------------------------------------------------
 
   void start_segment(int64_t segment) {
+    gather_forward_samples();
     if (static_cast<size_t>(segment) >= segments_.size()) {
       segments_.resize(segment + 1);
     }
@@ -156,11 +215,22 @@ class SavedLedger {
     Segment& s = segments_.at(segment);
     s.running = false;
     release_live();
+    if (s.samples.defined() && !s.sample_chunks.empty()) {  // a segment started again
+      s.sample_chunks.insert(s.sample_chunks.begin(), s.samples);
+    }
+    if (s.sample_chunks.size() == 1) {
+      s.samples = s.sample_chunks.front();
+    } else if (!s.sample_chunks.empty()) {
+      s.samples = at::cat(s.sample_chunks);
+    }
+    s.sample_chunks.clear();
   }
 
-  // Drops the tensors the running segment's forward saved so far: called after each
-  // step, since func can only differentiate through what it saved within a step.
+  // Drops the tensors the running segment's forward saved so far, once their samples are
+  // gathered: called after each step, since func can only differentiate through what it
+  // saved within a step.
   void release_live() {
+    gather_forward_samples();
     std::vector<at::Tensor>().swap(segments_.at(current_).live);
   }
 
@@ -187,12 +257,22 @@ class SavedLedger {
     if (plain(t)) {
       sizes.emplace(t.sizes().begin(), t.sizes().end());
     }
-    Meta m{std::move(sizes), t.scalar_type(), WeakImpl(t.getIntrusivePtr()), static_cast<uint32_t>(t._version()),
-           std::nullopt, sample_of(t)};
+    const uint32_t version = static_cast<uint32_t>(t._version());
+    Meta m{std::move(sizes), t.scalar_type(), WeakImpl(t.getIntrusivePtr()), version, std::nullopt};
     const at::Tensor outside = outside_of(t);
     if (outside.defined()) {
       m.outside = WeakImpl(outside.getIntrusivePtr());
       note_version(outside);
+    }
+    if (sampled(t)) {
+      if (!s.sample_device.has_value()) {
+        s.sample_device = t.device();
+      }
+      m.sample_at = s.sample_bytes;
+      const int64_t size = static_cast<int64_t>(t.element_size());
+      s.sample_bytes += kSampled * size;
+      forward_pending_.push_back(Pending{s.meta.size(), t, version, m.sample_at, size});
+      forward_pending_segment_ = current_;
     }
     s.meta.push_back(std::move(m));
     s.live.push_back(t);
@@ -270,7 +350,9 @@ class SavedLedger {
     copies_.clear();
     add_copies(copies);
     mismatch_.clear();
-    device_samples_.clear();
+    recorded_pending_.clear();
+    recorded_samples_ = s.samples.defined() ? sample_buffer(s.samples.numel(), s.samples.device()) : at::Tensor();
+    sample_covered_.assign(slots, false);
   }
 
   // More pairs as begin_record takes them: tensors the recording starts from midway
@@ -310,6 +392,7 @@ class SavedLedger {
   // func differentiated inside the work that saved them).
   void drop_discarded() {
     Segment& s = segments_.at(recording_);
+    gather_recorded_samples(s);
     const size_t stop = std::min({saved_, s.discarded.size(), s.tensors.size()});
     for (size_t i = 0; i < stop; ++i) {
       if (s.discarded[i]) {
@@ -332,8 +415,10 @@ class SavedLedger {
     Segment& s = segments_.at(recording_);
     copies_.clear();
     if (mismatch_.empty()) {
-      compare_device_samples();
+      compare_samples(s);
     }
+    recorded_pending_.clear();
+    recorded_samples_ = at::Tensor();
     if (mismatch_.empty() && saved_ != s.meta.size()) {
       mismatch_ = "func saved " + std::to_string(saved_) + " tensors for backward, against " +
                   std::to_string(s.meta.size()) + " in the forward";
@@ -459,17 +544,56 @@ class SavedLedger {
                   "parameter changed)";
       return;
     }
-    if (!exact_) {
+    if (exact_ && m.sample_at >= 0 && recorded_samples_.defined()) {
+      note_sample(s, index, t);
+    }
+  }
+
+  // Queues the sample of recomputed tensor `index` for the recording's buffer (at once
+  // with the caller's hooks, which may move the tensor elsewhere after this).
+  void note_sample(const Segment& s, size_t index, const at::Tensor& t) {
+    const Meta& m = s.meta[index];
+    if (!in_samples(s, m)) {
       return;
     }
-    const Sample now = sample_of(t);
-    if (!now.copy.defined()) {
-      if (now.bytes != m.sample.bytes) {
-        mismatch_ = values_differ(index);
-      }
-    } else if (m.sample.copy.defined()) {
-      device_samples_.emplace_back(index, m.sample.copy, now.copy);
+    sample_covered_[index] = true;
+    const at::Tensor sampled_now = m.sample_read && sampled(t) ? t : at::Tensor();
+    Pending p{index, sampled_now, static_cast<uint32_t>(t._version()), m.sample_at,
+              static_cast<int64_t>(c10::elementSize(m.dtype))};
+    if (s.caller_hooks) {
+      gather_pending({p}, recorded_samples_, 0, s.samples);
+    } else {
+      recorded_pending_.push_back(std::move(p));
     }
+  }
+
+  // Whether the forward's sample of `m` is in its segment's samples (not when the
+  // segment's forward has not ended).
+  static bool in_samples(const Segment& s, const Meta& m) {
+    return s.samples.defined() &&
+           m.sample_at + kSampled * static_cast<int64_t>(c10::elementSize(m.dtype)) <= s.samples.numel();
+  }
+
+  // Gathers the forward's samples not gathered yet into a chunk of their segment.
+  void gather_forward_samples() {
+    if (forward_pending_.empty()) {
+      return;
+    }
+    Segment& s = segments_.at(forward_pending_segment_);
+    at::Tensor chunk = sample_buffer(s.sample_bytes - s.chunked_bytes, *s.sample_device);
+    for (size_t index : gather_pending(forward_pending_, chunk, s.chunked_bytes, at::Tensor())) {
+      s.meta[index].sample_read = false;  // the recompute copies the zeros: nothing is compared
+    }
+    forward_pending_.clear();
+    s.sample_chunks.push_back(std::move(chunk));
+    s.chunked_bytes = s.sample_bytes;
+  }
+
+  void gather_recorded_samples(const Segment& s) {
+    if (recorded_samples_.defined()) {
+      gather_pending(recorded_pending_, recorded_samples_, 0, s.samples);
+    }
+    recorded_pending_.clear();
   }
 
   static std::string values_differ(size_t index) {
@@ -477,26 +601,36 @@ class SavedLedger {
            " holds other values than in the forward, though of the same shape and dtype";
   }
 
-  // The samples of tensors on other devices than the CPU, compared at once: one
-  // synchronization per recomputed segment rather than one per tensor.
-  void compare_device_samples() {
-    if (device_samples_.empty()) {
+  // The recording's samples against the forward's, all at once (on a GPU, one
+  // synchronization per recomputed segment); on a difference, the first slot that differs.
+  // A slot the recording did not reach takes the forward's sample (the count of saved
+  // tensors is checked after this).
+  void compare_samples(const Segment& s) {
+    if (!recorded_samples_.defined()) {
       return;
     }
-    std::vector<at::Tensor> then, now;
-    for (const auto& [index, a, b] : device_samples_) {
-      then.push_back(a);
-      now.push_back(b);
-    }
-    if (!at::cat(then).equal(at::cat(now).to(then.front().device()))) {
-      for (const auto& [index, a, b] : device_samples_) {
-        if (!a.equal(b.to(a.device()))) {
-          mismatch_ = values_differ(index);
-          break;
-        }
+    for (size_t index = 0; index < s.meta.size(); ++index) {
+      const Meta& m = s.meta[index];
+      if (m.sample_at >= 0 && !sample_covered_[index] && in_samples(s, m)) {
+        recorded_pending_.push_back(
+            Pending{index, at::Tensor(), 0, m.sample_at, static_cast<int64_t>(c10::elementSize(m.dtype))});
       }
     }
-    device_samples_.clear();
+    gather_recorded_samples(s);
+    if (at::equal(recorded_samples_, s.samples)) {
+      return;
+    }
+    const at::Tensor then = s.samples.cpu(), now = recorded_samples_.cpu();
+    const auto* a = then.const_data_ptr<uint8_t>();
+    const auto* b = now.const_data_ptr<uint8_t>();
+    for (size_t index = 0; index < s.meta.size(); ++index) {
+      const Meta& m = s.meta[index];
+      const size_t bytes = kSampled * c10::elementSize(m.dtype);
+      if (m.sample_at >= 0 && in_samples(s, m) && std::memcmp(a + m.sample_at, b + m.sample_at, bytes) != 0) {
+        mismatch_ = values_differ(index);
+        return;
+      }
+    }
   }
 
   py::object recompute_;
@@ -510,7 +644,14 @@ class SavedLedger {
   py::object restore_ = py::none();
   std::unordered_map<c10::TensorImpl*, at::Tensor> copies_;
   std::string mismatch_;
-  std::vector<std::tuple<size_t, at::Tensor, at::Tensor>> device_samples_;
+  // Samples still to be gathered: the forward's (of segment forward_pending_segment_),
+  // and the recording's, into recorded_samples_, laid out as its segment's samples, with
+  // which slots the recording has reached.
+  std::vector<Pending> forward_pending_;
+  int64_t forward_pending_segment_ = 0;
+  std::vector<Pending> recorded_pending_;
+  at::Tensor recorded_samples_;
+  std::vector<bool> sample_covered_;
   std::unordered_map<c10::TensorImpl*, std::pair<WeakImpl, uint32_t>> outside_versions_;
   std::unordered_map<c10::TensorImpl*, WeakImpl> known_;
 };
@@ -536,6 +677,9 @@ void bind_saved_ledger(py::module_& m) {
       .def("kept", &SavedLedger::kept)
       .def("finish_record", &SavedLedger::finish_record)
       .def("outside_unchanged", &SavedLedger::outside_unchanged);
+  m.def("set_sample_gather", &set_sample_gather, py::arg("enabled"),
+        "Gather the saved-tensor samples of anode/revolve in one pass per step (True, the default) or copy "
+        "each on its own (False, for benchmarks); returns the previous setting.");
 }
 
 }  // namespace anode_ext
