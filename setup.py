@@ -22,6 +22,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
+from typing import TypeVar
 
 from setuptools import setup
 
@@ -38,10 +40,29 @@ def env_flag(name: str) -> bool:
     raise RuntimeError(f"{name}={value!r} is not understood; expected 1 or 0")
 
 
+T = TypeVar("T")
+
 OPENMP_PROBE = """
 #include <omp.h>
 int main() { return omp_get_max_threads() > 0 ? 0 : 1; }
 """
+
+
+def built_probe(compiler: list[str], text: str, flags: list[str], extra: list[str],
+                inspect: Callable[[str], T]) -> T | None:
+    """Build the C++ source `text` in a scratch folder, as `compiler flags probe.cpp extra -o
+    probe`, and return inspect(path of what was built); None when the compiler cannot be
+    run or does not build it."""
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, "probe.cpp")
+        output = os.path.join(folder, "probe")
+        with open(source, "w") as f:
+            f.write(text)
+        try:
+            built = subprocess.run([*compiler, *flags, source, *extra, "-o", output], capture_output=True)
+        except OSError:
+            return None
+        return inspect(output) if built.returncode == 0 else None
 
 
 @functools.cache
@@ -53,15 +74,7 @@ def compiler_has_openmp() -> bool:
     """
     # The compiler torch.utils.cpp_extension compiles with (its get_cxx_compiler).
     compiler = shlex.split(os.environ.get("CXX", "c++"))
-    with tempfile.TemporaryDirectory() as folder:
-        source = os.path.join(folder, "probe.cpp")
-        with open(source, "w") as f:
-            f.write(OPENMP_PROBE)
-        command = compiler + ["-fopenmp", source, "-o", os.path.join(folder, "probe")]
-        try:
-            accepted = subprocess.run(command, capture_output=True).returncode == 0
-        except OSError:
-            accepted = False
+    accepted = built_probe(compiler, OPENMP_PROBE, ["-fopenmp"], [], lambda path: True) is not None
     if not accepted:
         print(
             f"anode_ext: {' '.join(compiler)} does not build OpenMP code with -fopenmp; "
@@ -98,18 +111,7 @@ def has_shared_cxx_runtime(needed: list[str]) -> bool:
 
 def links_cxx_runtime_shared(compiler: list[str], extra: list[str]) -> bool | None:
     """Whether a shared library built by compiler names a shared C++ runtime; None if unknown."""
-    with tempfile.TemporaryDirectory() as folder:
-        source = os.path.join(folder, "probe.cpp")
-        library = os.path.join(folder, "probe.so")
-        with open(source, "w") as f:
-            f.write(LIBSTDCXX_PROBE)
-        try:
-            built = subprocess.run(
-                [*compiler, "-shared", "-fPIC", source, *extra, "-o", library], capture_output=True
-            ).returncode == 0
-        except OSError:
-            return None
-        needed = needed_libraries(library) if built else None
+    needed = built_probe(compiler, LIBSTDCXX_PROBE, ["-shared", "-fPIC"], extra, needed_libraries)
     return None if needed is None else has_shared_cxx_runtime(needed)
 
 
