@@ -105,6 +105,26 @@ def needed_libraries(path: str) -> list[str] | None:
     return needed or None  # a shared object names at least libc: none found means unreadable
 
 
+# Symbols of the C++ runtime's locale and stream machinery: a shared object that defines
+# them itself holds (part of) a static copy of the runtime, whose streams do not share
+# locale facets with the libstdc++ torch loads (error messages crash).
+RUNTIME_INTERNALS = ("_ZNSt6locale", "_ZNSt8ios_base")
+
+
+def defined_runtime_internals(path: str) -> list[str] | None:
+    """The RUNTIME_INTERNALS symbols a shared object defines itself; None without nm."""
+    nm = shutil.which("nm")
+    if nm is None:
+        print("anode_ext: nm is not on PATH; the check that _C holds no copy of the C++ runtime is skipped")
+        return None
+    result = subprocess.run([nm, "-D", "--defined-only", path], capture_output=True, text=True,
+                            env={**os.environ, "LC_ALL": "C"})
+    if result.returncode != 0:
+        return None
+    names = [line.split()[-1] for line in result.stdout.splitlines() if line.split()]
+    return [name for name in names if name.startswith(RUNTIME_INTERNALS)]
+
+
 def has_shared_cxx_runtime(needed: list[str]) -> bool:
     return any(name.startswith(("libstdc++.so", "libc++.so")) for name in needed)
 
@@ -301,6 +321,14 @@ def build_ext_class():
                         f"{path} holds its own copy of the C++ runtime (it names no shared "
                         f"libstdc++ or libc++; it needs {', '.join(needed)}), which crashes beside "
                         "torch's; expected a compiler that links libstdc++.so (set CXX and CC)"
+                    )
+                internals = defined_runtime_internals(path) if os.path.exists(path) else None
+                if internals:
+                    raise RuntimeError(
+                        f"{path} defines {len(internals)} symbols of the C++ runtime's locale and streams "
+                        f"itself (such as {internals[0]}): part of a static libstdc++ was linked in beside "
+                        "the shared one, and its streams crash beside torch's; expected a compiler whose "
+                        "libstdc++ is shared (set CXX and CC, e.g. to /usr/bin/g++ and /usr/bin/gcc)"
                     )
 
     return BuildExt.with_options(use_ninja=True)

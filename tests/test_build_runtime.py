@@ -19,6 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 linux_with_readelf = pytest.mark.skipif(
     not sys.platform.startswith("linux") or shutil.which("readelf") is None, reason="needs Linux and readelf"
 )
+linux_with_nm = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or shutil.which("nm") is None, reason="needs Linux and nm"
+)
 
 
 def load_setup_helpers():
@@ -34,6 +37,26 @@ def test_compiled_library_names_a_shared_cxx_runtime():
     needed = helpers.needed_libraries(anode_ext._C.__file__)
     assert needed, "readelf found no NEEDED entries in _C"
     assert helpers.has_shared_cxx_runtime(needed), needed
+
+
+@linux_with_nm
+def test_compiled_library_defines_none_of_the_runtimes_stream_machinery():
+    assert load_setup_helpers().defined_runtime_internals(anode_ext._C.__file__) == []
+
+
+@linux_with_nm
+def test_a_static_copy_of_the_runtime_is_found():
+    helpers = load_setup_helpers()
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++")
+    flags = ["-shared", "-fPIC"]
+    shared = helpers.built_probe(["g++"], helpers.LIBSTDCXX_PROBE, flags, [], helpers.defined_runtime_internals)
+    static = helpers.built_probe(["g++"], helpers.LIBSTDCXX_PROBE, flags, ["-static-libstdc++"],
+                                 helpers.defined_runtime_internals)
+    if static is None:
+        pytest.skip("g++ cannot link libstdc++ statically here")
+    assert shared == []
+    assert any(name.startswith("_ZNSt6locale") for name in static), static[:5]
 
 
 @pytest.fixture
@@ -62,6 +85,10 @@ def test_static_libstdcxx_compiler_is_given_torchs_runtime(static_libstdcxx_comp
     args = helpers.cxx_runtime_link_args()
     assert len(args) == 1 and "libstdc++.so" in os.path.basename(args[0])
     assert helpers.links_cxx_runtime_shared([static_libstdcxx_compiler], args) is True
+    # The shared runtime given first, nothing of the static one is linked in beside it.
+    internals = helpers.built_probe([static_libstdcxx_compiler], helpers.LIBSTDCXX_PROBE, ["-shared", "-fPIC"],
+                                    args, helpers.defined_runtime_internals)
+    assert internals == []
 
 
 @linux_with_readelf

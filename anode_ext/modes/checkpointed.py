@@ -64,7 +64,7 @@ NOT_REPEATED_MESSAGE = (
     "re-runs func with the forward's random state, autocast state, module buffers and train/eval "
     "modes; anything else func depends on must not change between forward and backward: Python "
     "attributes it reads (a conditioning input set before each forward, say), parameters swapped in "
-    "by torch.func.functional_call around the solve, random numbers from other generators than "
+    "by torch.func.functional_call around the solve, parameters frozen or unfrozen (requires_grad), random numbers from other generators than "
     "torch's default ones (or drawn by another thread at the same time), a lazy module's first call, "
     "a TorchScript or torch.compile'd module whose first calls profile or compile it, a cache such as "
     "torch.nn.utils.parametrize.cached(). "
@@ -376,6 +376,7 @@ def run_forward(solve: CheckpointedSolve, state: State) -> State:
     """Give `solve` its ledger and run its forward from `state`; an error of func under
     saved-tensor hooks is explained."""
     ledger = _C.SavedLedger(solve._recompute, solve.mode)
+    ledger.set_forward_hooks(solve.hooks.pack is not None)
     solve._ledger = weakref.ref(ledger)
     try:
         return solve.forward(state)

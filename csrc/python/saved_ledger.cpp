@@ -83,15 +83,31 @@ struct Pending {
   size_t index;       // its slot in the segment
   at::Tensor tensor;  // undefined: copy the forward's sample of the slot instead
   uint32_t version;   // when saved
+  const void* data;   // its data when saved
   int64_t offset;
   int64_t element_size;
 };
 
+// Whether the storage of `t` holds every element of `t` (not when it was resized, as
+// sharded training frees a gathered parameter's memory).
+bool storage_covers(const at::Tensor& t) {
+  if (!plain(t) || t.numel() == 0) {
+    return true;
+  }
+  int64_t last = t.storage_offset();
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    last += (t.size(d) - 1) * t.stride(d);
+  }
+  return t.const_data_ptr() != nullptr &&
+         (last + 1) * static_cast<int64_t>(t.element_size()) <= static_cast<int64_t>(t.storage().nbytes());
+}
+
 // Whether the sample of `t` can still be read as it was when saved: not modified in
-// place since, its storage still holding the sampled elements.
-bool readable(const at::Tensor& t, uint32_t version) {
+// place since, its data where it was and its storage still holding the sampled elements
+// (memory freed and allocated again holds no values of the tensor's).
+bool readable(const at::Tensor& t, uint32_t version, const void* data) {
   if (!t.defined() || static_cast<uint32_t>(t._version()) != version || !plain(t) || t.numel() == 0 ||
-      t.const_data_ptr() == nullptr) {
+      t.const_data_ptr() != data) {
     return false;
   }
   const int64_t last = t.storage_offset() + (kSampled - 1) * sample_stride(t);
@@ -125,7 +141,7 @@ std::vector<size_t> gather_pending(const std::vector<Pending>& pending, const at
   std::vector<const Pending*> copied;
   for (const Pending& p : pending) {
     SampleSource source{nullptr, 0, p.element_size, p.offset - base};
-    if (readable(p.tensor, p.version)) {
+    if (readable(p.tensor, p.version, p.data)) {
       if (gathered && p.tensor.device() == buffer.device()) {
         source.address = p.tensor.const_data_ptr();
         source.stride_bytes = sample_stride(p.tensor) * p.element_size;
@@ -162,6 +178,9 @@ struct Meta {
   std::optional<WeakImpl> outside;
   int64_t sample_at = -1;  // its sample's place in the segment's samples; -1: none taken
   bool sample_read = true;  // false: changed before the gather, its place holds zeros
+  // Modified in place after the forward saved it: handing it to autograd is refused, as
+  // autograd refuses it under grad='direct' (see set_forward_hooks).
+  bool modified = false;
 };
 
 struct Segment {
@@ -198,6 +217,14 @@ class SavedLedger {
     for (const at::Tensor& t : tensors) {
       known_.insert_or_assign(t.unsafeGetTensorImpl(), WeakImpl(t.getIntrusivePtr()));
     }
+  }
+
+  // Whether the caller's saved-tensor hooks were in effect around the forward. Under
+  // grad='direct' they would have packed what func saves (a copy, with
+  // torch.autograd.graph.allow_mutation_on_saved_tensors), so that a later in-place change
+  // need not reach the backward: a saved tensor changed in the forward is then not refused.
+  void set_forward_hooks(bool active) {
+    forward_hooks_ = active;
   }
 
   // --- the forward ---------------------------------------------------------------
@@ -271,7 +298,7 @@ class SavedLedger {
       m.sample_at = s.sample_bytes;
       const int64_t size = static_cast<int64_t>(t.element_size());
       s.sample_bytes += kSampled * size;
-      forward_pending_.push_back(Pending{s.meta.size(), t, version, m.sample_at, size});
+      forward_pending_.push_back(Pending{s.meta.size(), t, version, t.const_data_ptr(), m.sample_at, size});
       forward_pending_segment_ = current_;
     }
     s.meta.push_back(std::move(m));
@@ -292,10 +319,22 @@ class SavedLedger {
                                "use), which the recompute does not hold; use grad='direct' for such a func "
                                "(or first_step=..., which skips the probe)");
     }
+    const bool in_forward = static_cast<size_t>(current_) < segments_.size() && segments_[current_].running;
+    const size_t first_live = s.meta.size() - s.live.size();
+    if ((s.running && index < first_live) || (in_forward && !s.running)) {
+      throw std::runtime_error("grad='" + mode_ +
+                               "': func differentiated, while the forward ran, through a tensor saved in an "
+                               "earlier step (a graph it kept from an earlier call); the solve holds what func "
+                               "saves only until the end of the step that saved it. Use grad='direct' for such a "
+                               "func");
+    }
     if (s.running) {
       // func differentiates inside itself while the forward runs: the tensor is there
       // (saved in this step; the live tensors are numbered from the segment's start).
-      return s.live.at(index - (s.meta.size() - s.live.size()));
+      return s.live.at(index - first_live);
+    }
+    if (s.meta.at(index).modified && !forward_hooks_) {
+      throw std::runtime_error(in_place_message());
     }
     if (torch::autograd::GradMode::is_enabled()) {
       throw std::runtime_error("grad='" + mode_ +
@@ -318,10 +357,14 @@ class SavedLedger {
       release(r);
     }
     if (held_here && t._version() != version) {
+      throw std::runtime_error(in_place_message());
+    }
+    if (!storage_covers(t)) {
       throw std::runtime_error("grad='" + mode_ +
-                               "': a tensor that func saved for backward was modified by an in-place operation "
-                               "after func used it, so autograd would see other values; compute it out of place, "
-                               "as grad='direct' would require");
+                               "': a tensor that func saved for backward has lost its memory since the recompute "
+                               "saved it (its storage was resized, as when sharded training frees a gathered "
+                               "parameter), so autograd cannot read it; keep a saved tensor's storage until "
+                               "backward");
     }
     return t;
   }
@@ -466,6 +509,12 @@ class SavedLedger {
     return alive && alive.get() == base.unsafeGetTensorImpl() ? base : at::Tensor();
   }
 
+  std::string in_place_message() const {
+    return "grad='" + mode_ +
+           "': a tensor that func saved for backward was modified by an in-place operation after func used it, so "
+           "autograd would see other values; compute it out of place, as grad='direct' would require";
+  }
+
   static bool is_discarded(const Segment& s, size_t index) {
     return index < s.discarded.size() && s.discarded[index];
   }
@@ -557,8 +606,14 @@ class SavedLedger {
       return;
     }
     sample_covered_[index] = true;
+    if (m.sample_read && !t.requires_grad()) {
+      mismatch_ = "saved tensor " + std::to_string(index) +
+                  " required grad in the forward but not in the recompute (a parameter frozen, or swapped for "
+                  "a tensor that does not require grad)";
+      return;
+    }
     const at::Tensor sampled_now = m.sample_read && sampled(t) ? t : at::Tensor();
-    Pending p{index, sampled_now, static_cast<uint32_t>(t._version()), m.sample_at,
+    Pending p{index, sampled_now, static_cast<uint32_t>(t._version()), t.const_data_ptr(), m.sample_at,
               static_cast<int64_t>(c10::elementSize(m.dtype))};
     if (s.caller_hooks) {
       gather_pending({p}, recorded_samples_, 0, s.samples);
@@ -580,6 +635,9 @@ class SavedLedger {
       return;
     }
     Segment& s = segments_.at(forward_pending_segment_);
+    for (const Pending& p : forward_pending_) {
+      s.meta[p.index].modified = static_cast<uint32_t>(p.tensor._version()) != p.version;
+    }
     at::Tensor chunk = sample_buffer(s.sample_bytes - s.chunked_bytes, *s.sample_device);
     for (size_t index : gather_pending(forward_pending_, chunk, s.chunked_bytes, at::Tensor())) {
       s.meta[index].sample_read = false;  // the recompute copies the zeros: nothing is compared
@@ -612,8 +670,8 @@ class SavedLedger {
     for (size_t index = 0; index < s.meta.size(); ++index) {
       const Meta& m = s.meta[index];
       if (m.sample_at >= 0 && !sample_covered_[index] && in_samples(s, m)) {
-        recorded_pending_.push_back(
-            Pending{index, at::Tensor(), 0, m.sample_at, static_cast<int64_t>(c10::elementSize(m.dtype))});
+        recorded_pending_.push_back(Pending{index, at::Tensor(), 0, nullptr, m.sample_at,
+                                            static_cast<int64_t>(c10::elementSize(m.dtype))});
       }
     }
     gather_recorded_samples(s);
@@ -640,6 +698,7 @@ class SavedLedger {
   int64_t recording_ = 0;
   size_t saved_ = 0;  // tensors the recording has saved so far
   bool exact_ = true;
+  bool forward_hooks_ = false;
   py::object keep_ = py::none();
   py::object restore_ = py::none();
   std::unordered_map<c10::TensorImpl*, at::Tensor> copies_;
@@ -663,6 +722,7 @@ void bind_saved_ledger(py::module_& m) {
                           "Saved-tensor bookkeeping of one anode/revolve solve (anode_ext/modes/checkpointed.py).")
       .def(py::init<py::object, std::string>(), py::arg("recompute"), py::arg("mode"))
       .def("set_known", &SavedLedger::set_known)
+      .def("set_forward_hooks", &SavedLedger::set_forward_hooks)
       .def("start_segment", &SavedLedger::start_segment)
       .def("end_segment", &SavedLedger::end_segment)
       .def("release_live", &SavedLedger::release_live)
