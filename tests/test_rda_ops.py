@@ -286,3 +286,15 @@ def test_baseline_and_avx2_cpu_kernels_agree_bit_for_bit(tmp_path):
     for dtype in (torch.float32, torch.float64):
         for a, b in zip(_rda_outputs(dtype), baseline[str(dtype)], strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 0, 3), (3, 2, 4, 0), (3, 2, 0)], ids=str)
+def test_filters_without_taps(shape):
+    # An empty weight of nonempty channels: empty outputs, zero coefficient gradients.
+    theta = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+    coefficients = torch.randn(4, shape[0], dtype=torch.float64, requires_grad=True)
+    outs = rda_rk_step(theta, coefficients, TABLEAUX["rk4"], 0.1)
+    assert all(o.shape == theta.shape for o in outs)
+    torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+    assert theta.grad.shape == theta.shape
+    assert torch.equal(coefficients.grad, torch.zeros_like(coefficients))

@@ -59,18 +59,29 @@ void for_each_group(int64_t slices, const Fn& fn) {
 
 // Calls fn(H, W, group) for every group of slices of the weight, with the slice
 // shape as compile-time constants for 3x3 and 1x1 filters, the commonest, so that
-// the stencil loops unroll (ints otherwise).
-template <typename acc_t, typename Fn>
+// the stencil loops unroll (ints otherwise). TAPS bounds the slice's taps (the caller's
+// arrays hold that many): shapes that cannot occur within it are not compiled, so the
+// compiler sees no array indexed past its end. Within one tap a slice is 1x1 or empty.
+template <typename acc_t, int TAPS = kRdaMaxTaps, typename Fn>
 void for_each_shaped_group(const RdaGeometry& g, const Fn& fn) {
   const auto groups = [&](auto H, auto W) {
     for_each_group<acc_t>(g.cout * g.cin, [&](SliceGroup group) { fn(H, W, group); });
   };
-  if (g.H == 3 && g.W == 3) {
-    groups(std::integral_constant<int, 3>{}, std::integral_constant<int, 3>{});
-  } else if (g.H == 1 && g.W == 1) {
-    groups(std::integral_constant<int, 1>{}, std::integral_constant<int, 1>{});
-  } else {
+  using Zero = std::integral_constant<int, 0>;
+  using One = std::integral_constant<int, 1>;
+  using Three = std::integral_constant<int, 3>;
+  if constexpr (TAPS >= 9) {
+    if (g.H == 3 && g.W == 3) {
+      groups(Three{}, Three{});
+      return;
+    }
+  }
+  if (g.H == 1 && g.W == 1) {
+    groups(One{}, One{});
+  } else if constexpr (TAPS > 1) {
     groups(g.H, g.W);
+  } else {
+    groups(Zero{}, Zero{});  // H * W == 0: slices without taps
   }
 }
 
@@ -192,7 +203,7 @@ void rk_step(const at::Tensor& theta, const at::Tensor& coefficients, const RdaG
     dispatch_taps_and_stages(taps, stages, [&](auto taps_bucket, auto stages_bucket) {
       constexpr int TAPS = decltype(taps_bucket)::value;
       constexpr int STAGES = decltype(stages_bucket)::value;
-      for_each_shaped_group<acc_t>(g, [&](auto H, auto W, SliceGroup group) __attribute__((flatten)) {
+      for_each_shaped_group<acc_t, TAPS>(g, [&](auto H, auto W, SliceGroup group) __attribute__((flatten)) {
         const int shaped_taps = H * W;
         V slice[TAPS];
         V q[STAGES][TAPS];
@@ -227,7 +238,7 @@ void rk_step_backward(const std::vector<at::Tensor>& grads, const at::Tensor& th
     dispatch_taps_and_stages(taps, stages, [&](auto taps_bucket, auto stages_bucket) {
       constexpr int TAPS = decltype(taps_bucket)::value;
       constexpr int STAGES = decltype(stages_bucket)::value;
-      for_each_shaped_group<acc_t>(g, [&](auto H, auto W, SliceGroup group) __attribute__((flatten)) {
+      for_each_shaped_group<acc_t, TAPS>(g, [&](auto H, auto W, SliceGroup group) __attribute__((flatten)) {
         const int shaped_taps = H * W;
         V slice[TAPS];
         V q[STAGES][TAPS];
