@@ -19,9 +19,12 @@
 // allocation per saved tensor, twice per training step): the tensors are held, as the
 // segment holds them anyway, and gathered into one byte buffer per step of the forward
 // and per recompute (sample_gather.h), which are compared once per recomputed segment.
-// A tensor modified in place, or whose storage shrank, between being saved and being
-// gathered gives no sample. Tensors without plain strided data (nested tensors, tensor
-// subclasses, functorch wrappers) have neither their shape checked nor a sample taken.
+// A tensor modified in place, or whose memory was freed or moved, between being saved and
+// being gathered gives no sample; a forward tensor modified so is refused when autograd
+// asks for it, as autograd refuses it under grad='direct', and a recomputed one whose
+// memory is gone when autograd asks for it is refused too. Tensors without plain strided
+// data (nested tensors, tensor subclasses, functorch wrappers) have neither their shape
+// checked nor a sample taken.
 //
 // An adaptive solve records its rejected step attempts too (they run in the forward and
 // in the recompute alike, so the tensors keep their places); what they saved is marked
