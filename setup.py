@@ -90,15 +90,20 @@ std::string format(unsigned long n) { std::ostringstream s; s << n; return s.str
 """
 
 
+def c_locale_env() -> dict[str, str]:
+    """This process's environment in the C locale: binutils translate their output, and the
+    patterns that read it expect the untranslated one."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")}
+    return {**env, "LC_ALL": "C"}
+
+
 def needed_libraries(path: str) -> list[str] | None:
     """The shared libraries a Linux shared object names as NEEDED; None without readelf."""
     readelf = shutil.which("readelf")
     if readelf is None:
         print("anode_ext: readelf is not on PATH; the check that _C links a shared C++ runtime is skipped")
         return None
-    # readelf translates its output: read it in the C locale, which the pattern expects.
-    env = {k: v for k, v in os.environ.items() if k not in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")}
-    result = subprocess.run([readelf, "-d", path], capture_output=True, text=True, env={**env, "LC_ALL": "C"})
+    result = subprocess.run([readelf, "-d", path], capture_output=True, text=True, env=c_locale_env())
     if result.returncode != 0:
         return None
     needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", result.stdout)
@@ -117,8 +122,7 @@ def defined_runtime_internals(path: str) -> list[str] | None:
     if nm is None:
         print("anode_ext: nm is not on PATH; the check that _C holds no copy of the C++ runtime is skipped")
         return None
-    result = subprocess.run([nm, "-D", "--defined-only", path], capture_output=True, text=True,
-                            env={**os.environ, "LC_ALL": "C"})
+    result = subprocess.run([nm, "-D", "--defined-only", path], capture_output=True, text=True, env=c_locale_env())
     if result.returncode != 0:
         return None
     names = [line.split()[-1] for line in result.stdout.splitlines() if line.split()]

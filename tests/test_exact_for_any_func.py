@@ -6,24 +6,15 @@ import pytest
 import torch
 from torch import nn
 
+from testing import EXACT_TOL, assert_grads_equal
+
 from anode_ext import Adjoint, CoupledODEBlock, ODEBlock, odeint
 from anode_ext.modes import grad_mode_named
 from anode_ext.revolve import schedule
 
 MODES = [("anode", None), ("revolve", 1), ("revolve", 2)]
 IDS = ["anode", "revolve-c1", "revolve-c2"]
-TOL = 1e-10
-
-
-def assert_grads_equal(got, expected):
-    assert len(got) == len(expected)
-    for i, (g, e) in enumerate(zip(got, expected)):
-        if e is None:
-            assert g is None, f"gradient {i}: expected none"
-            continue
-        assert g is not None, f"gradient {i} is missing"
-        assert e.abs().max() > 0, f"gradient {i} of the reference is zero; the test would prove nothing"
-        torch.testing.assert_close(g, e, rtol=TOL, atol=TOL * e.abs().max().item(), msg=f"gradient {i}")
+TOL = EXACT_TOL
 
 
 @pytest.mark.parametrize("grad, checkpoints", MODES, ids=IDS)

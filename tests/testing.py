@@ -1,4 +1,5 @@
-"""Parametrization shared by the tests: devices, dtypes and their tolerances."""
+"""Parametrization shared by the tests: devices, dtypes and their tolerances, and the
+comparison of gradients with grad='direct's."""
 
 from __future__ import annotations
 
@@ -29,3 +30,20 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     if scale == 0.0:
         return diff
     return diff / scale
+
+
+EXACT_TOL = 1e-10
+"""Relative tolerance of float64 gradients that must equal grad='direct''s."""
+
+
+def assert_grads_equal(got, expected, tol: float = EXACT_TOL) -> None:
+    """Each gradient equals the reference's to `tol` (None where the reference is None);
+    a reference gradient of zero is refused, since the test would then prove nothing."""
+    assert len(got) == len(expected)
+    for i, (g, e) in enumerate(zip(got, expected)):
+        if e is None:
+            assert g is None, f"gradient {i}: expected none"
+            continue
+        assert g is not None, f"gradient {i} is missing"
+        assert e.abs().max() > 0, f"gradient {i} of the reference is zero; the test would prove nothing"
+        torch.testing.assert_close(g, e, rtol=tol, atol=tol * e.abs().max().item(), msg=f"gradient {i}")

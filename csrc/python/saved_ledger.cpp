@@ -91,6 +91,11 @@ struct Pending {
   int64_t element_size;
 };
 
+// Whether the storage of `t` still holds its elements up to storage offset `last`.
+bool storage_holds(const at::Tensor& t, int64_t last) {
+  return (last + 1) * static_cast<int64_t>(t.element_size()) <= static_cast<int64_t>(t.storage().nbytes());
+}
+
 // Whether the storage of `t` holds every element of `t` (not when it was resized, as
 // sharded training frees a gathered parameter's memory).
 bool storage_covers(const at::Tensor& t) {
@@ -101,8 +106,7 @@ bool storage_covers(const at::Tensor& t) {
   for (int64_t d = 0; d < t.dim(); ++d) {
     last += (t.size(d) - 1) * t.stride(d);
   }
-  return t.const_data_ptr() != nullptr &&
-         (last + 1) * static_cast<int64_t>(t.element_size()) <= static_cast<int64_t>(t.storage().nbytes());
+  return t.const_data_ptr() != nullptr && storage_holds(t, last);
 }
 
 // Whether the sample of `t` can still be read as it was when saved: not modified in
@@ -113,8 +117,7 @@ bool readable(const at::Tensor& t, uint32_t version, const void* data) {
       t.const_data_ptr() != data) {
     return false;
   }
-  const int64_t last = t.storage_offset() + (kSampled - 1) * sample_stride(t);
-  return (last + 1) * static_cast<int64_t>(t.element_size()) <= static_cast<int64_t>(t.storage().nbytes());
+  return storage_holds(t, t.storage_offset() + (kSampled - 1) * sample_stride(t));
 }
 
 // The sample of `t` into `region` (kSampled elements as bytes), by a copy of its own:
