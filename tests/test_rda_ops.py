@@ -240,14 +240,51 @@ def test_double_backward_is_refused():
         torch.autograd.grad(rda_rhs(theta, coefficients).square().sum(), theta, create_graph=True)
 
 
+def _tanh_sweep():
+    """float32 values where the lane tanh is hardest: dense around the switch between
+    its two forms (|x| = 0.5), through saturation, every binade up to 1e30 (random bit
+    patterns; above about 8e37 the zero Laplacian of a 1x1 filter, 4x - 4x, overflows),
+    and special values (not infinities: there the Laplacian is NaN); a length that leaves a partial lane group."""
+    g = torch.Generator().manual_seed(5)
+    bits = torch.randint(-(2**31), 2**31 - 1, (400_003,), generator=g, dtype=torch.int64).to(torch.int32)
+    special = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e-38, float("nan"), 9.0, 10.0, 1e30, -1e30])
+    binades = bits.view(torch.float32)
+    binades = binades[binades.abs() < 1e30]
+    return torch.cat([torch.linspace(-12, 12, 600_001), torch.linspace(0.49, 0.51, 20_001), binades, special])
+
+
+def _reaction_only(values):
+    """q = tanh(theta) for theta of 1x1 filters holding `values` (d = u = v = 0, r = 1)."""
+    theta = values.reshape(-1, 1, 1, 1)
+    coefficients = torch.zeros(4, theta.shape[0], dtype=values.dtype)
+    coefficients[3] = 1
+    return ops.rda_rhs(theta, coefficients, 0).flatten()
+
+
+def test_float32_tanh_within_2_5_ulp_and_special_values():
+    values = _tanh_sweep()
+    got = _reaction_only(values)
+    expected = torch.tanh(values.double())
+    finite = expected.isfinite()
+    magnitude = expected[finite].abs().float()
+    ulp = (torch.nextafter(magnitude, torch.tensor(float("inf"))) - magnitude).double()
+    error = ((got[finite].double() - expected[finite]).abs() / ulp).max().item()
+    assert error <= 2.5, f"float32 lane tanh is {error:.2f} ulp from tanh"
+    assert torch.equal(got.isnan(), values.isnan())
+    extremes = torch.tensor([1e-45, -1e-45, 1e30, -1e30])
+    assert _reaction_only(extremes).tolist() == torch.tanh(extremes).tolist()
+
+
 def _rda_outputs(dtype):
-    """Every RDA op on one weight of 61 lane groups (two threads' worth), with tanh."""
+    """Every RDA op on one weight of 61 lane groups (two threads' worth), with tanh, and
+    tanh alone over _tanh_sweep."""
     theta, coefficients = sample((37, 13, 3, 3), dtype=dtype, seed=3)
     rk4 = TABLEAUX["rk4"]
     a = [w for row in rk4.a for w in row]
     g = torch.Generator().manual_seed(4)
     grads = [torch.randn(theta.shape, generator=g).to(dtype) for _ in range(rk4.stages)]
     return [
+        _reaction_only(_tanh_sweep().to(dtype)),
         ops.rda_rhs(theta, coefficients, 0),
         *ops.rda_rhs_backward(grads[0], theta, coefficients, 0),
         *ops.rda_rk_step(theta, coefficients, 0, a, list(rk4.b), 0.3),
@@ -266,7 +303,7 @@ def test_cpu_results_do_not_depend_on_the_thread_count(dtype):
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(one, two, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
 
 
 def test_baseline_and_avx2_cpu_kernels_agree_bit_for_bit(tmp_path):
@@ -285,7 +322,7 @@ def test_baseline_and_avx2_cpu_kernels_agree_bit_for_bit(tmp_path):
     baseline = torch.load(out, weights_only=True)
     for dtype in (torch.float32, torch.float64):
         for a, b in zip(_rda_outputs(dtype), baseline[str(dtype)], strict=True):
-            torch.testing.assert_close(a, b, rtol=0, atol=0)
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("shape", [(3, 2, 0, 3), (3, 2, 4, 0), (3, 2, 0)], ids=str)

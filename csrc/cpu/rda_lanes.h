@@ -2,12 +2,14 @@
 // RdaLanes: the value type with which the CPU kernels run the per-slice math of
 // rda.h on several filter slices at once, one slice per lane: 256-bit GCC/Clang
 // vectors, lane by lane the same operations in the same order as one
-// accumulator, and vector_tanh (rda_tanh.cpp). (at::vec::Vectorized is, in an
+// accumulator, and their tanh: lanes_tanh (lanes_tanh.h) for float, vector_tanh
+// (rda_tanh.cpp) for double. (at::vec::Vectorized is, in an
 // extension built for the baseline instruction set, its generic form of arrays
 // and loops; GCC did not keep it in registers: the forward step was 2.4 ms with
 // it against 0.9 ms with these types and the AVX2 build, one thread, 128x128x3x3.)
 
 #include "../rda.h"
+#include "lanes_tanh.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -17,12 +19,11 @@
 
 namespace anode_ext {
 
-// tanh of each of `count` values in place: SLEEF's vectorized tanh (within 3.5
+// tanh of each of `count` doubles in place: SLEEF's vectorized tanh (within 3.5
 // ulp: the variant ATen's torch.tanh calls is within 1.0 ulp and 2.5 times slower
 // here) where the CPU runs AVX and the values fill one 256-bit register,
 // std::tanh otherwise. The baseline and AVX2 kernels call the same function, so
 // their results are equal bit for bit (a NaN's sign and payload aside).
-void vector_tanh(float* values, int count);
 void vector_tanh(double* values, int count);
 
 // 256-bit GCC/Clang vectors: one AVX register, or two SSE2 registers on a CPU
@@ -72,10 +73,14 @@ struct RdaLanes {
   RdaLanes& operator-=(RdaLanes b) { v = v - b.v; return *this; }
 
   friend RdaLanes rda_tanh(RdaLanes x) {
-    alignas(32) acc_t values[kLanes];
-    x.store(values);
-    vector_tanh(values, kLanes);
-    return load(values);
+    if constexpr (std::is_same_v<acc_t, float>) {
+      return RdaLanes(lanes_tanh(x.v));
+    } else {
+      alignas(32) acc_t values[kLanes];
+      x.store(values);
+      vector_tanh(values, kLanes);
+      return load(values);
+    }
   }
   // Selections by bit masks (x > 0 keeps x, or 1; NaN and -0 give +0, as the scalar form).
   friend RdaLanes rda_relu(RdaLanes x) { return RdaLanes(keep_where_positive(x.v, x.v)); }

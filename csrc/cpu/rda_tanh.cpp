@@ -1,15 +1,14 @@
-// vector_tanh (rda_lanes.h). SLEEF ships inside libtorch_cpu on x86-64 (ATen's
-// vectorized CPU math calls it). Sleef_tanhf8_u35 / Sleef_tanhd4_u35 (within 3.5
-// ulp) take AVX registers, so only the two small wrappers below are compiled for AVX, and they
-// run only on a CPU that has it. The declarations are weak: a torch without
-// SLEEF leaves them null and every value goes through std::tanh.
+// vector_tanh (rda_lanes.h), for double lanes. SLEEF ships inside libtorch_cpu on
+// x86-64 (ATen's vectorized CPU math calls it). Sleef_tanhd4_u35 (within 3.5 ulp)
+// takes AVX registers, so only the small wrapper below is compiled for AVX, and it
+// runs only on a CPU that has it. The declaration is weak: a torch without
+// SLEEF leaves it null and every value goes through std::tanh.
 
 #include <cmath>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define ANODE_EXT_SLEEF_TANH 1
-extern "C" __m256 Sleef_tanhf8_u35(__m256) __attribute__((weak));
 extern "C" __m256d Sleef_tanhd4_u35(__m256d) __attribute__((weak));
 #endif
 
@@ -20,10 +19,6 @@ namespace {
 bool cpu_has_avx() {
   static const bool has = (__builtin_cpu_init(), __builtin_cpu_supports("avx"));
   return has;
-}
-
-__attribute__((target("avx"))) void tanh8(float* values) {
-  _mm256_storeu_ps(values, Sleef_tanhf8_u35(_mm256_loadu_ps(values)));
 }
 
 __attribute__((target("avx"))) void tanh4(double* values) {
@@ -39,16 +34,6 @@ void scalar_tanh(T* values, int count) {
 }
 
 }  // namespace
-
-void vector_tanh(float* values, int count) {
-#ifdef ANODE_EXT_SLEEF_TANH
-  if (count == 8 && Sleef_tanhf8_u35 != nullptr && cpu_has_avx()) {
-    tanh8(values);
-    return;
-  }
-#endif
-  scalar_tanh(values, count);
-}
 
 void vector_tanh(double* values, int count) {
 #ifdef ANODE_EXT_SLEEF_TANH
