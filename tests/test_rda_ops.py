@@ -13,7 +13,7 @@ from testing import DEVICES, FLOAT_DTYPES, dtype_id, needs_cuda
 from anode_ext import RDA, TABLEAUX, Tableau, rda_rhs, rda_rk_step, rk_combine
 
 ops = torch.ops.anode_ext
-SHAPES = [(5, 3, 3, 3), (4, 2, 1, 1), (3, 2), (3, 2, 5), (2, 2, 7, 7), (2, 3, 4, 6), (0, 3, 3, 3), (3, 0, 3, 3)]
+SHAPES = [(5, 3, 3, 3), (4, 2, 1, 1), (3, 13, 1, 1), (3, 2), (3, 2, 5), (2, 2, 7, 7), (2, 3, 4, 6), (0, 3, 3, 3), (3, 0, 3, 3)]
 REACTIONS = ["tanh", "relu", "none"]
 
 

@@ -85,17 +85,31 @@ void for_each_shaped_group(const RdaGeometry& g, const Fn& fn) {
   }
 }
 
-// (d, u, v, r) of the output channel of each lane's slice.
+// (d, u, v, r) of the output channel of each lane's slice (lanes past the group's
+// count take its first slice's). One division per group: a division per lane cost
+// more than the whole stencil of a 1x1 filter.
 template <typename scalar_t, typename acc_t>
 RdaCoefficients<RdaLanes<acc_t>> coefficients_of(const scalar_t* coeffs, int64_t cout, int64_t cin,
                                                  SliceGroup group) {
   using V = RdaLanes<acc_t>;
+  const int64_t first_channel = group.first / cin;
+  const int64_t offset = group.first - first_channel * cin;  // of the first slice within its channel
+  if (offset + group.count <= cin) {
+    const auto at = [&](int row) { return V(static_cast<acc_t>(coeffs[row * cout + first_channel])); };
+    return {at(0), at(1), at(2), at(3)};
+  }
   typename V::Raw rows[4];
+  int64_t channel = first_channel;
+  int64_t within = offset;
   for (int l = 0; l < V::kLanes; ++l) {
-    const int64_t channel = l < group.count ? (group.first + l) / cin : 0;
-    for (int row = 0; row < 4; ++row) {
-      rows[row][l] = static_cast<acc_t>(coeffs[row * cout + channel]);
+    if (l < group.count && within == cin) {
+      ++channel;
+      within = 0;
     }
+    for (int row = 0; row < 4; ++row) {
+      rows[row][l] = static_cast<acc_t>(coeffs[row * cout + (l < group.count ? channel : first_channel)]);
+    }
+    ++within;
   }
   return {V(rows[0]), V(rows[1]), V(rows[2]), V(rows[3])};
 }
