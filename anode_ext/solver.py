@@ -131,9 +131,14 @@ def rk_step(func: StateFunc, t: Time, h: Time, state: State, tableau: Tableau,
     """One step of size h from (t, state): func is evaluated at each stage, with the
     stages of the `supplied` tensors (if any) taken as given, and returns the
     derivatives of the other tensors. The compiled step runs when it can."""
-    if supplied is None and compiled(h):
+    if supplied is not None and len(supplied.stages) != tableau.stages:
+        raise ValueError(f"{len(supplied.stages)} supplied stages for a tableau of {tableau.stages} stages")
+    if not compiled(h):
+        return python_rk_step(func, t, h, state, tableau, supplied)
+    if supplied is None:
         return tuple(_C.rk_step(func, t, h, state, _step_plan(tableau)))
-    return python_rk_step(func, t, h, state, tableau, supplied)
+    free = state[:len(state) - len(supplied.result)]
+    return tuple(_C.rk_step(func, t, h, free, _step_plan(tableau), supplied.stages, supplied.result))
 
 
 class Supply(Protocol):
@@ -182,7 +187,8 @@ class Problem:
         """The states the solve passes through: every one from the initial state on with
         return_all, else only the last. The compiled loop (its Python bookkeeping costs a
         cheap func more than the step's arithmetic, docs/design_decisions.md) runs the
-        same steps as `step` does, when `compiled` allows and nothing is supplied."""
+        same steps as `step` does, when `compiled` allows and nothing is supplied (a supplied
+        problem's steps are each compiled, between the supply's Python calls)."""
         if self.supply is not None or not compiled(self.h):
             return self.run_stepwise(state)
         states = _C.rk_solve(self.func, self.t0, self.h, self.steps, state, _step_plan(self.tableau), self.return_all)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anode_ext import TABLEAUX, Tableau
+from odefuncs import ConvBNFunc
+
+from anode_ext import TABLEAUX, CoupledODEBlock, Tableau
 from anode_ext import solver
 
 PATHS = ("compiled", "python")
@@ -74,6 +76,34 @@ def test_compiled_solve_equals_stepwise_solve(monkeypatch, return_all):
     assert out_c[0].shape == ((8, 3, 5) if return_all else (3, 5))
     for a, b in zip([*out_c, *grads_c], [*out_p, *grads_p]):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+def test_compiled_step_with_supplied_stages_equals_python(monkeypatch, method):
+    """A coupled block's steps take their weights' stages from the fused RDA kernel
+    (solver.Supplied): output and every gradient the same bit for bit both ways."""
+    torch.manual_seed(0)
+    block = CoupledODEBlock(ConvBNFunc(3), q="rda", steps=3, method=method, grad="direct").double()
+    with torch.no_grad():
+        for c in block.q.coefficients:
+            c.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+
+    def run():
+        y = block(x)
+        return y.detach(), torch.autograd.grad((y * y).sum(), [x, *block.parameters()])
+
+    (y_c, grads_c), (y_p, grads_p) = step_both_ways(monkeypatch, run)
+    assert torch.equal(y_c, y_p)
+    for a, b in zip(grads_c, grads_p, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_supplied_stages_must_match_the_tableau(path):
+    y = torch.zeros(2)
+    supplied = solver.Supplied(stages=[(torch.ones(2),)], result=(torch.ones(2),))
+    with pytest.raises(ValueError, match="1 supplied stages for a tableau of 4 stages"):
+        solver.rk_step(lambda t, s: (s[0],), 0.0, 0.1, (y, torch.ones(2)), TABLEAUX["rk4"], supplied)
 
 
 def test_solve_evaluates_func_at_each_step_start(path):

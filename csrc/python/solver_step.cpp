@@ -146,16 +146,32 @@ py::tuple as_tuple(const Tensors& tensors) {
   return out;
 }
 
-// One step of size h from (t, state).
-Tensors rk_step(const py::object& func, double t, double h, const Tensors& state, const StepPlan& plan) {
+// One step of size h from (t, state). With `supplied` stages (solver.Supplied: some
+// trailing tensors of the state stepped elsewhere), `state` holds the other tensors:
+// func sees each stage of those followed by supplied_stages[i], returns their
+// derivatives only, and the step ends with supplied_result appended.
+Tensors rk_step_with(const py::object& func, double t, double h, const Tensors& state, const StepPlan& plan,
+                     const std::vector<Tensors>& supplied_stages, const Tensors& supplied_result) {
+  const bool supplied = !supplied_stages.empty();
+  TORCH_CHECK(!supplied || supplied_stages.size() == plan.stages(), "rk_step: ", supplied_stages.size(),
+              " supplied stages for a tableau of ", plan.stages(), " stages");
   std::vector<Tensors> ks;
   ks.reserve(plan.stages());
   for (size_t i = 0; i < plan.stages(); ++i) {
-    const Tensors stage = combine(state, ks, plan.which[i], plan.weights[i], h);
+    Tensors stage = combine(state, ks, plan.which[i], plan.weights[i], h);
+    if (supplied) {
+      stage.insert(stage.end(), supplied_stages[i].begin(), supplied_stages[i].end());
+    }
     const py::object derivative = func(t + plan.c[i] * h, as_tuple(stage));
     ks.push_back(checked_derivative(derivative, state));
   }
-  return combine(state, ks, plan.which.back(), plan.weights.back(), h);
+  Tensors result = combine(state, ks, plan.which.back(), plan.weights.back(), h);
+  result.insert(result.end(), supplied_result.begin(), supplied_result.end());
+  return result;
+}
+
+Tensors rk_step(const py::object& func, double t, double h, const Tensors& state, const StepPlan& plan) {
+  return rk_step_with(func, t, h, state, plan, {}, {});
 }
 
 // `steps` steps of size h from (t0, state): the final state, or with keep_all every
@@ -187,8 +203,11 @@ void bind_solver_step(py::module_& m) {
   py::class_<StepPlan>(m, "StepPlan", "A Butcher tableau's nonzero terms, as the C++ step loop reads them.")
       .def(py::init<std::vector<std::vector<int64_t>>, std::vector<std::vector<double>>, std::vector<double>>(),
            py::arg("which"), py::arg("weights"), py::arg("c"));
-  m.def("rk_step", &rk_step, py::arg("func"), py::arg("t"), py::arg("h"), py::arg("state"), py::arg("plan"),
-        "One Runge-Kutta step of func(t, state) from (t, state): the next state as a list of tensors.");
+  m.def("rk_step", &rk_step_with, py::arg("func"), py::arg("t"), py::arg("h"), py::arg("state"), py::arg("plan"),
+        py::arg("supplied_stages") = std::vector<Tensors>{}, py::arg("supplied_result") = Tensors{},
+        "One Runge-Kutta step of func(t, state) from (t, state): the next state as a list of tensors. With "
+        "supplied_stages (one list per stage) state holds the other tensors; func sees each stage of them "
+        "followed by the supplied one and returns their derivatives; supplied_result is appended to the result.");
   m.def("rk_solve", &rk_solve, py::arg("func"), py::arg("t0"), py::arg("h"), py::arg("steps"), py::arg("state"),
         py::arg("plan"), py::arg("keep_all") = false,
         "steps Runge-Kutta steps from (t0, state): [final state], or with keep_all every state.");
