@@ -275,6 +275,17 @@ def test_float32_tanh_within_2_5_ulp_and_special_values():
     assert _reaction_only(extremes).tolist() == torch.tanh(extremes).tolist()
 
 
+def test_float32_tanh_of_a_lane_does_not_depend_on_its_group():
+    """Groups whose lanes are all below 0.5 in magnitude take a shorter path; a lane's
+    value is the same bits in a group that has to take the longer one."""
+    small = torch.linspace(-0.4999, 0.4999, 8 * 301)
+    mixed = small.clone()
+    mixed[::8] = torch.linspace(-9, 9, 301)
+    kept = torch.ones_like(small, dtype=torch.bool)
+    kept[::8] = False
+    assert torch.equal(_reaction_only(small)[kept], _reaction_only(mixed)[kept])
+
+
 def _rda_outputs(dtype):
     """Every RDA op on one weight of 61 lane groups (two threads' worth), with tanh, and
     tanh alone over _tanh_sweep."""
