@@ -131,14 +131,25 @@ def rk_step(func: StateFunc, t: Time, h: Time, state: State, tableau: Tableau,
     """One step of size h from (t, state): func is evaluated at each stage, with the
     stages of the `supplied` tensors (if any) taken as given, and returns the
     derivatives of the other tensors. The compiled step runs when it can."""
-    if supplied is not None and len(supplied.stages) != tableau.stages:
-        raise ValueError(f"{len(supplied.stages)} supplied stages for a tableau of {tableau.stages} stages")
+    if supplied is not None:
+        _check_supplied(supplied, tableau, state)
     if not compiled(h):
         return python_rk_step(func, t, h, state, tableau, supplied)
     if supplied is None:
         return tuple(_C.rk_step(func, t, h, state, _step_plan(tableau)))
     free = state[:len(state) - len(supplied.result)]
     return tuple(_C.rk_step(func, t, h, free, _step_plan(tableau), supplied.stages, supplied.result))
+
+
+def _check_supplied(supplied: Supplied, tableau: Tableau, state: State) -> None:
+    if len(supplied.stages) != tableau.stages:
+        raise ValueError(f"{len(supplied.stages)} supplied stages for a tableau of {tableau.stages} stages")
+    count = len(supplied.result)
+    if count > len(state) or any(len(stage) != count for stage in supplied.stages):
+        raise ValueError(
+            f"supplied stages of {[len(stage) for stage in supplied.stages]} tensors and a result of {count} for a "
+            f"state of {len(state)}: each must hold the same trailing tensors of the state"
+        )
 
 
 class Supply(Protocol):

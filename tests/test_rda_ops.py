@@ -275,6 +275,17 @@ def test_float32_tanh_within_2_5_ulp_and_special_values():
     assert _reaction_only(extremes).tolist() == torch.tanh(extremes).tolist()
 
 
+@pytest.mark.parametrize("neighbour", [0.1, 3.0], ids=["short_path", "long_path"])
+def test_float32_tanh_keeps_the_sign_of_zero(neighbour):
+    # q = 0 * lap + 0 * dx + 0 * dy + (-0) * tanh(theta): -0 only if tanh(-0) is -0 (the
+    # terms before it are -0 too when theta is -0 and the coefficients are -0).
+    theta = torch.tensor([-0.0, *[neighbour] * 7]).reshape(8, 1, 1, 1)
+    coefficients = torch.full((4, 8), -0.0)
+    coefficients[3] = 1.0
+    q = ops.rda_rhs(theta, coefficients, 0).flatten()
+    assert q[0].item() == 0.0 and q[0].signbit()
+
+
 def test_float32_tanh_of_a_lane_does_not_depend_on_its_group():
     """Groups whose lanes are all below 0.5 in magnitude take a shorter path; a lane's
     value is the same bits in a group that has to take the longer one."""

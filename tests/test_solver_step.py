@@ -99,11 +99,28 @@ def test_compiled_step_with_supplied_stages_equals_python(monkeypatch, method):
         assert torch.equal(a, b)
 
 
-def test_supplied_stages_must_match_the_tableau(path):
-    y = torch.zeros(2)
-    supplied = solver.Supplied(stages=[(torch.ones(2),)], result=(torch.ones(2),))
+def test_supplied_stages_must_match_the_tableau_and_the_state(path):
+    y, w = torch.zeros(2), torch.ones(2)
+    func = lambda t, s: (s[0],)  # noqa: E731
+    supplied = solver.Supplied(stages=[(w,)], result=(w,))
     with pytest.raises(ValueError, match="1 supplied stages for a tableau of 4 stages"):
-        solver.rk_step(lambda t, s: (s[0],), 0.0, 0.1, (y, torch.ones(2)), TABLEAUX["rk4"], supplied)
+        solver.rk_step(func, 0.0, 0.1, (y, w), TABLEAUX["rk4"], supplied)
+    uneven = solver.Supplied(stages=[(w,), (w, w)], result=(w,))
+    with pytest.raises(ValueError, match=r"supplied stages of \[1, 2\] tensors and a result of 1 for a state of 2"):
+        solver.rk_step(func, 0.0, 0.1, (y, w), TABLEAUX["midpoint"], uneven)
+    too_long = solver.Supplied(stages=[(w, w)], result=(w, w))
+    with pytest.raises(ValueError, match="a result of 2 for a state of 1"):
+        solver.rk_step(func, 0.0, 0.1, (y,), TABLEAUX["euler"], too_long)
+
+
+def test_compiled_step_refuses_inconsistent_supplied_tensors():
+    from anode_ext._library import _C
+
+    plan, w = solver._step_plan(TABLEAUX["euler"]), torch.ones(2)
+    with pytest.raises(RuntimeError, match="a supplied result without supplied stages"):
+        _C.rk_step(lambda t, s: (s[0],), 0.0, 0.1, [w], plan, supplied_result=[w])
+    with pytest.raises(RuntimeError, match="a supplied stage of 2 tensors for a supplied result of 1"):
+        _C.rk_step(lambda t, s: (s[0],), 0.0, 0.1, [w], plan, supplied_stages=[[w, w]], supplied_result=[w])
 
 
 def test_solve_evaluates_func_at_each_step_start(path):

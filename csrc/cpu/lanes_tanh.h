@@ -39,16 +39,17 @@ inline bool all_lanes(Int8 mask) {
 }
 
 inline Float8 lanes_tanh(Float8 x) {
-  // |x| < 0.5: x + x^3 P(x^2), odd, so it carries the sign of x. Convolution weights
-  // are nearly all this small, and a group of lanes that all are skips the rest.
-  const Float8 t = x * x;
+  // |x| < 0.5: |x| + |x|^3 P(x^2), then the sign of x (so tanh(-0) = -0). Convolution
+  // weights are nearly all this small, and a group of lanes that all are skips the rest.
+  const Int8 sign_bit = Int8{} + INT32_MIN;
+  const Int8 sign = sign_bit & (Int8)x;
+  const Float8 a = (Float8)(~sign_bit & (Int8)x);
+  const Float8 t = a * a;
   Float8 q = Float8{} + 0.017268860712647438f;
   q = q * t + -0.053059328347444534f;
   q = q * t + 0.13326095044612885f;
   q = q * t + -0.33333152532577515f;
-  const Float8 small = x + x * (t * q);
-  const Int8 sign_bit = Int8{} + INT32_MIN;
-  const Float8 a = (Float8)(~sign_bit & (Int8)x);
+  const Float8 small = (Float8)((Int8)(a + a * (t * q)) | sign);
   const Int8 is_small = a < 0.5f;
   if (all_lanes(is_small)) {
     return small;
@@ -70,7 +71,7 @@ inline Float8 lanes_tanh(Float8 x) {
   p = p * r + 1.0f;
   const Int8 exponent = (__builtin_convertvector(n, Int8) + 127) << 23;
   const Float8 large = one - 2.0f / (p * (Float8)exponent + one);
-  const Float8 signed_large = (Float8)((Int8)large | (sign_bit & (Int8)x));
+  const Float8 signed_large = (Float8)((Int8)large | sign);
   return select_lanes(x == x, select_lanes(is_small, small, signed_large), x);
 }
 

@@ -155,6 +155,11 @@ Tensors rk_step_with(const py::object& func, double t, double h, const Tensors& 
   const bool supplied = !supplied_stages.empty();
   TORCH_CHECK(!supplied || supplied_stages.size() == plan.stages(), "rk_step: ", supplied_stages.size(),
               " supplied stages for a tableau of ", plan.stages(), " stages");
+  TORCH_CHECK(supplied || supplied_result.empty(), "rk_step: a supplied result without supplied stages");
+  for (const Tensors& stage : supplied_stages) {
+    TORCH_CHECK(stage.size() == supplied_result.size(), "rk_step: a supplied stage of ", stage.size(),
+                " tensors for a supplied result of ", supplied_result.size());
+  }
   std::vector<Tensors> ks;
   ks.reserve(plan.stages());
   for (size_t i = 0; i < plan.stages(); ++i) {
