@@ -33,8 +33,8 @@ struct RawLanes;
 // `mask` is what a lane-wise comparison gives: all bits set where it holds.
 template <>
 struct RawLanes<float> {
-  typedef float type __attribute__((vector_size(32)));
-  typedef int32_t mask __attribute__((vector_size(32)));
+  typedef Float8 type;  // lanes_tanh.h's types
+  typedef Int8 mask;
 };
 template <>
 struct RawLanes<double> {
