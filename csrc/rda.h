@@ -19,6 +19,17 @@
 
 #include "rk_combine.h"
 
+// Unrolls a loop completely in CUDA device code when its trip count is a
+// compile-time constant (a filter shape the kernel fixes, a stages bucket), so
+// that a thread's per-slice arrays are indexed by constants and kept in
+// registers rather than in local memory; no effect on a loop whose count is
+// known only at run time, nor in host code.
+#if defined(__CUDA_ARCH__)
+#define RDA_UNROLL _Pragma("unroll")
+#else
+#define RDA_UNROLL
+#endif
+
 namespace anode_ext {
 
 // Largest slice (7x7 taps) and most RK stages the fused kernels take. Kernels are
@@ -153,7 +164,9 @@ C10_HOST_DEVICE inline RdaTerms<V> rda_terms(const V* theta, const RdaStencil& s
 template <typename V>
 C10_HOST_DEVICE inline void rda_slice(const V* theta, V* q, int H, int W, RdaCoefficients<V> k, int64_t kind,
                                       V* rho = nullptr) {
+  RDA_UNROLL
   for (int i = 0; i < H; ++i) {
+    RDA_UNROLL
     for (int j = 0; j < W; ++j) {
       const RdaStencil s(i, j, H, W);
       const RdaTerms<V> t = rda_terms(theta, s);
@@ -173,7 +186,9 @@ C10_HOST_DEVICE inline void rda_slice(const V* theta, V* q, int H, int W, RdaCoe
 template <typename V>
 C10_HOST_DEVICE inline void rda_slice_backward(const V* theta, const V* q_bar, V* theta_bar, V* sums, int H, int W,
                                                RdaCoefficients<V> k, int64_t kind, const V* rho = nullptr) {
+  RDA_UNROLL
   for (int i = 0; i < H; ++i) {
+    RDA_UNROLL
     for (int j = 0; j < W; ++j) {
       const RdaStencil s(i, j, H, W);
       const V g = q_bar[s.center];
@@ -214,8 +229,10 @@ struct RdaTableau {
 template <int TAPS, typename scalar_t, typename V, typename acc_t>
 C10_HOST_DEVICE inline void rda_stage_input(const V* theta, const V (*q)[TAPS], int i, int taps,
                                             const RdaTableau<acc_t>& tab, V* x) {
+  RDA_UNROLL
   for (int e = 0; e < taps; ++e) {
     V acc = theta[e];
+    RDA_UNROLL
     for (int j = 0; j < i; ++j) {
       if (tab.ha[i][j] != acc_t(0)) {
         acc = rk_accumulate(acc, V(tab.ha[i][j]), q[j][e]);
@@ -229,23 +246,31 @@ C10_HOST_DEVICE inline void rda_stage_input(const V* theta, const V (*q)[TAPS], 
 // emit(i, x) with each output as soon as it is formed: the stage inputs
 // theta^(i) for i = 1 .. stages - 1, then the new weight for i = stages. Leaves
 // q at every stage in q. Holding only q (not every stage input) keeps the
-// per-slice arrays of a GPU thread small.
-template <int TAPS, typename scalar_t, typename V, typename acc_t, typename Emit>
-C10_HOST_DEVICE inline void rda_rk_slice(const V* theta, V (*q)[TAPS], int H, int W, RdaCoefficients<V> k,
+// per-slice arrays of a GPU thread small. The stage loops run to the bucket's
+// STAGES and stop at the tableau's: the same operations in the same order, with
+// constant indices once unrolled.
+template <int TAPS, typename scalar_t, typename V, typename acc_t, typename Emit, int STAGES>
+C10_HOST_DEVICE inline void rda_rk_slice(const V* theta, V (&q)[STAGES][TAPS], int H, int W, RdaCoefficients<V> k,
                                          int64_t kind, const RdaTableau<acc_t>& tab, Emit&& emit) {
   const int taps = H * W;
   V x[TAPS];
-  for (int i = 0; i < tab.stages; ++i) {
+  RDA_UNROLL
+  for (int i = 0; i < STAGES; ++i) {
+    if (i >= tab.stages) {
+      break;
+    }
     rda_stage_input<TAPS, scalar_t>(theta, q, i, taps, tab, x);
     if (i > 0) {
       emit(i, static_cast<const V*>(x));
     }
     rda_slice(x, q[i], H, W, k, kind);
   }
+  RDA_UNROLL
   for (int e = 0; e < taps; ++e) {
     V acc = theta[e];
-    for (int i = 0; i < tab.stages; ++i) {
-      if (tab.hb[i] != acc_t(0)) {
+    RDA_UNROLL
+    for (int i = 0; i < STAGES; ++i) {
+      if (i < tab.stages && tab.hb[i] != acc_t(0)) {
         acc = rk_accumulate(acc, V(tab.hb[i]), q[i][e]);
       }
     }
@@ -265,33 +290,49 @@ C10_HOST_DEVICE inline void rda_rk_slice(const V* theta, V (*q)[TAPS], int H, in
 // rho, which keeps rho at every stage from the first sweep for the second (the
 // CPU kernels, where tanh is the dearest operation), or is null and rho is
 // evaluated again (a GPU thread, whose arrays should stay small).
-template <int TAPS, typename scalar_t, typename V, typename acc_t, typename Grad>
-C10_HOST_DEVICE inline void rda_rk_slice_backward(const V* theta, Grad&& grad, V (*q)[TAPS], V (*q_bar)[TAPS],
-                                                  V (*rho)[TAPS], V* theta_bar, V* sums, int H, int W,
-                                                  RdaCoefficients<V> k, int64_t kind, const RdaTableau<acc_t>& tab) {
+template <int TAPS, typename scalar_t, typename V, typename acc_t, typename Grad, int STAGES>
+C10_HOST_DEVICE inline void rda_rk_slice_backward(const V* theta, Grad&& grad, V (&q)[STAGES][TAPS],
+                                                  V (&q_bar)[STAGES][TAPS], V (*rho)[TAPS], V* theta_bar, V* sums,
+                                                  int H, int W, RdaCoefficients<V> k, int64_t kind,
+                                                  const RdaTableau<acc_t>& tab) {
   const int taps = H * W;
   const int stages = tab.stages;
   V x[TAPS];
-  for (int i = 0; i < stages; ++i) {
+  RDA_UNROLL
+  for (int i = 0; i < STAGES; ++i) {
+    if (i >= stages) {
+      break;
+    }
     rda_stage_input<TAPS, scalar_t>(theta, q, i, taps, tab, x);
     rda_slice(x, q[i], H, W, k, kind, rho != nullptr ? rho[i] : nullptr);
   }
+  RDA_UNROLL
   for (int e = 0; e < taps; ++e) {
     const V g = grad(stages, e);
     theta_bar[e] = g;
-    for (int i = 0; i < stages; ++i) {
-      q_bar[i][e] = V(tab.hb[i]) * g;
+    RDA_UNROLL
+    for (int i = 0; i < STAGES; ++i) {
+      if (i < stages) {
+        q_bar[i][e] = V(tab.hb[i]) * g;
+      }
     }
   }
   V x_bar[TAPS];
-  for (int i = stages - 1; i >= 0; --i) {
+  RDA_UNROLL
+  for (int i = STAGES - 1; i >= 0; --i) {
+    if (i >= stages) {
+      continue;
+    }
     rda_stage_input<TAPS, scalar_t>(theta, q, i, taps, tab, x);
+    RDA_UNROLL
     for (int e = 0; e < taps; ++e) {
       x_bar[e] = i == 0 ? V(0) : grad(i, e);
     }
     rda_slice_backward(x, q_bar[i], x_bar, sums, H, W, k, kind, rho != nullptr ? rho[i] : nullptr);
+    RDA_UNROLL
     for (int e = 0; e < taps; ++e) {
       theta_bar[e] += x_bar[e];
+      RDA_UNROLL
       for (int j = 0; j < i; ++j) {
         if (tab.ha[i][j] != acc_t(0)) {
           q_bar[j][e] += V(tab.ha[i][j]) * x_bar[e];

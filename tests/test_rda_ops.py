@@ -126,6 +126,38 @@ def test_cuda_matches_cpu(dtype):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-3 if dtype != torch.float64 else 1e-12, atol=1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-5)
 
 
+# A block of the CUDA kernels moves a tile of slices (64 or 128) through shared memory:
+# these shapes end tiles part-full, give the backward's channel blocks several tiles
+# each, and (up to 150 multiprocessors) make blocks take several tiles or channels.
+TILED_SHAPES = [
+    (3, 70, 2, 3), (40, 70, 1, 3), (70, 40, 3, 1), (5, 130, 5, 5), (1100, 3, 1, 1), (300, 257, 3, 3), (200, 200, 7, 7)
+]
+FIVE_STAGES = Tableau([[], [0.3], [0.1, 0.2], [0.5, -0.2, 0.4], [0.1, 0.1, 0.3, 0.2]], [0.1, 0.2, 0.3, 0.2, 0.2])
+
+
+@needs_cuda
+@pytest.mark.parametrize("tableau", [TABLEAUX["rk4"], FIVE_STAGES], ids=["rk4", "five_stages"])
+@pytest.mark.parametrize("shape", TILED_SHAPES, ids=str)
+def test_cuda_matches_cpu_across_tiles(shape, tableau):
+    theta, coefficients = sample(shape)
+    g = torch.Generator().manual_seed(1)
+    grads = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(tableau.stages)]
+    a = [x for row in tableau.a for x in row]
+    b = list(tableau.b)
+    calls = [
+        lambda th, co, gr: [ops.rda_rhs(th, co, 0)],
+        lambda th, co, gr: ops.rda_rhs_backward(gr[0], th, co, 0),
+        lambda th, co, gr: ops.rda_rk_step(th, co, 0, a, b, 0.2),
+        lambda th, co, gr: ops.rda_rk_step_backward(gr, th, co, 0, a, b, 0.2),
+    ]
+    for call in calls:
+        expected = call(theta, coefficients, grads)
+        got = call(theta.cuda(), coefficients.cuda(), [x.cuda() for x in grads])
+        assert len(got) == len(expected)
+        for x, y in zip(got, expected):
+            torch.testing.assert_close(x.cpu(), y, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "theta_shape, coefficient_shape, message",
     [
