@@ -12,20 +12,25 @@ RdaGeometry check_rda_args(const char* op, const at::Tensor& theta, const at::Te
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
               op, ": theta has dtype ", dtype,
               "; expected a floating dtype (float32, float64, float16 or bfloat16)");
-  RdaGeometry g{};
+  // The filter's sides are checked as int64 before they are narrowed to int: a side of
+  // 2^31 or more would wrap around to a small or negative one and pass.
+  int64_t kh = 1;
+  int64_t kw = 1;
   if (theta.dim() == 4) {
-    g = {theta.size(0), theta.size(1), static_cast<int>(theta.size(2)), static_cast<int>(theta.size(3))};
+    kh = theta.size(2);
+    kw = theta.size(3);
   } else if (theta.dim() == 3) {
-    g = {theta.size(0), theta.size(1), 1, static_cast<int>(theta.size(2))};
-  } else if (theta.dim() == 2) {
-    g = {theta.size(0), theta.size(1), 1, 1};
-  } else {
+    kw = theta.size(2);
+  } else if (theta.dim() != 2) {
     TORCH_CHECK(false, op, ": theta has shape ", theta.sizes(),
                 "; expected a convolution weight (Cout, Cin, kh, kw) or (Cout, Cin, k), or a "
                 "linear weight (Cout, Cin)");
   }
-  TORCH_CHECK(static_cast<int64_t>(g.H) * g.W <= kRdaMaxTaps, op, ": theta has ", g.H, "x", g.W,
-              " taps per filter; the fused kernels take at most ", kRdaMaxTaps, " (7x7)");
+  const bool no_taps = kh == 0 || kw == 0;
+  TORCH_CHECK(no_taps || (kh <= kRdaMaxTaps && kw <= kRdaMaxTaps && kh * kw <= kRdaMaxTaps), op, ": theta has ",
+              kh, "x", kw, " taps per filter; the fused kernels take at most ", kRdaMaxTaps, " (7x7)");
+  const RdaGeometry g{theta.size(0), theta.size(1), no_taps ? 0 : static_cast<int>(kh),
+                      no_taps ? 0 : static_cast<int>(kw)};
   TORCH_CHECK(coefficients.device() == theta.device(), op, ": coefficients are on ",
               coefficients.device(), " but theta is on ", theta.device(),
               "; expected both on one device");

@@ -109,9 +109,10 @@ def test_opcheck(dtype, device):
 
 
 @needs_cuda
+@pytest.mark.parametrize("shape", [(16, 9, 3, 3), (9, 70, 1, 3), (5, 30, 2, 3)], ids=str)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
-def test_cuda_matches_cpu(dtype):
-    theta, coefficients = sample((16, 8, 3, 3), dtype=dtype)
+def test_cuda_matches_cpu(dtype, shape):
+    theta, coefficients = sample(shape, dtype=dtype)
     tol = {"rtol": 0, "atol": 8 * torch.finfo(dtype).eps * 4}
     torch.testing.assert_close(rda_rhs(theta.cuda(), coefficients.cuda()).cpu(), rda_rhs(theta, coefficients), **tol)
     rk4 = TABLEAUX["rk4"]
@@ -126,17 +127,24 @@ def test_cuda_matches_cpu(dtype):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-3 if dtype != torch.float64 else 1e-12, atol=1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-5)
 
 
-# A block of the CUDA kernels moves a tile of slices (64 or 128) through shared memory:
-# these shapes end tiles part-full, give the backward's channel blocks several tiles
-# each, and (up to 150 multiprocessors) make blocks take several tiles or channels.
+# A block of the CUDA kernels moves a tile of slices through shared memory: 128 (64 for
+# 7x7) in the forward, 64 of one output channel in the backward. Every shape here ends a
+# tile part-full, in the fixed-shape kernels (1x1, 3x3, 1x3, 3x1, also a 3-D weight) and
+# the run-time-shape ones (2x3, 5x5, 7x7). On GPUs of up to 150 multiprocessors (132 on
+# an H200) the 3x3 and 7x7 forwards take several tiles per block, and on up to 137 the
+# 1x1 and last 3x3 backwards take several channels per block, the latter with several
+# tiles per channel.
 TILED_SHAPES = [
-    (3, 70, 2, 3), (40, 70, 1, 3), (70, 40, 3, 1), (5, 130, 5, 5), (1100, 3, 1, 1), (300, 257, 3, 3), (200, 200, 7, 7)
+    (3, 70, 2, 3), (40, 70, 1, 3), (40, 70, 3), (70, 40, 3, 1), (5, 130, 5, 5), (1100, 3, 1, 1),
+    (300, 257, 3, 3), (200, 201, 7, 7), (1200, 70, 3, 3),
 ]
 FIVE_STAGES = Tableau([[], [0.3], [0.1, 0.2], [0.5, -0.2, 0.4], [0.1, 0.1, 0.3, 0.2]], [0.1, 0.2, 0.3, 0.2, 0.2])
+EIGHT_STAGES = Tableau([[0.1 * (j + 1) / (i + 1) for j in range(i)] for i in range(8)], [0.125] * 8)
+STAGE_COUNTS = [TABLEAUX["euler"], TABLEAUX["midpoint"], TABLEAUX["rk4"], FIVE_STAGES, EIGHT_STAGES]
 
 
 @needs_cuda
-@pytest.mark.parametrize("tableau", [TABLEAUX["rk4"], FIVE_STAGES], ids=["rk4", "five_stages"])
+@pytest.mark.parametrize("tableau", STAGE_COUNTS, ids=lambda t: f"{t.stages}_stages")
 @pytest.mark.parametrize("shape", TILED_SHAPES, ids=str)
 def test_cuda_matches_cpu_across_tiles(shape, tableau):
     theta, coefficients = sample(shape)
@@ -171,6 +179,18 @@ def test_cuda_matches_cpu_across_tiles(shape, tableau):
 def test_bad_shapes(theta_shape, coefficient_shape, message):
     with pytest.raises(RuntimeError, match=message):
         rda_rhs(torch.zeros(theta_shape), torch.zeros(coefficient_shape))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("side, shown", [(2**31, "2147483648x1"), (2**32 + 3, "4294967299x1")])
+def test_filter_sides_beyond_int_are_refused(side, shown, device):
+    # Sides are checked before they are narrowed to int, where they would wrap around to a
+    # negative or small side (3 for 2^32 + 3) and pass. Expanded: no memory behind them.
+    theta = torch.zeros(1, dtype=torch.float16, device=device).expand(1, 1, side, 1)
+    coefficients = torch.zeros(4, 1, dtype=torch.float16, device=device)
+    for call in (lambda: rda_rhs(theta, coefficients), lambda: rda_rk_step(theta, coefficients, TABLEAUX["euler"], 0.1)):
+        with pytest.raises(RuntimeError, match=f"theta has {shown} taps per filter"):
+            call()
 
 
 @pytest.mark.parametrize("device", DEVICES)
