@@ -137,18 +137,58 @@ __device__ void block_sum4(acc_t* sums) {
   __syncthreads();
 }
 
-// Tile k of `slices` slices, `threads` a tile: its first slice and how many it
-// has. The same for every thread of a block, so that the loops over tiles keep
-// the block's threads together at each __syncthreads.
+// A tile of slices: its first slice (within the range being tiled), the offset
+// and number of its elements in the tensor, and whether this thread owns one of
+// its slices. All but `active` are the same for every thread of a block, so that
+// the loops over tiles keep the block's threads together at each __syncthreads.
 struct Tile {
   int64_t first;
-  int count;
+  int64_t offset;
+  int64_t count;
+  bool active;
 };
 
-__device__ __forceinline__ Tile tile_at(int64_t k, int threads, int64_t slices) {
-  const int64_t first = k * threads;
+// Tile k of the `slices` slices that start at slice `base`, THREADS a tile.
+template <int THREADS>
+__device__ __forceinline__ Tile tile_at(int64_t k, int64_t slices, int64_t base, int taps) {
+  const int64_t first = k * THREADS;
   const int64_t left = slices - first;
-  return {first, static_cast<int>(left < threads ? left : threads)};
+  const int count = static_cast<int>(left < THREADS ? left : THREADS);
+  return {first, (base + first) * taps, static_cast<int64_t>(count) * taps, static_cast<int>(threadIdx.x) < count};
+}
+
+// The loop of a forward kernel: body(tile) for each tile of THREADS of the tensor's
+// `slices` slices, the grid's blocks taking tiles in turn.
+template <int THREADS, typename Body>
+__device__ __forceinline__ void for_each_tile(int64_t slices, int taps, Body&& body) {
+  const int64_t tiles = (slices + THREADS - 1) / THREADS;
+  for (int64_t k = blockIdx.x; k < tiles; k += gridDim.x) {
+    body(tile_at<THREADS>(k, slices, 0, taps));
+  }
+}
+
+// The loops of a backward kernel: one block per output channel, the grid's blocks
+// taking channels in turn; body(tile, coefficients, sums) for each tile of the
+// channel's Cin slices, adding its coefficient gradients to sums[0..3], which are
+// then summed over the block (in a fixed order) and written.
+template <typename scalar_t, typename Body>
+__device__ __forceinline__ void for_each_channel_tile(const scalar_t* coeffs, scalar_t* grad_coeffs, int64_t cout,
+                                                      int64_t cin, int taps, Body&& body) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t tiles = (cin + kChannelThreads - 1) / kChannelThreads;
+  for (int64_t channel = blockIdx.x; channel < cout; channel += gridDim.x) {
+    const auto k = coefficients_at<scalar_t, acc_t>(coeffs, cout, channel);
+    acc_t sums[4] = {0, 0, 0, 0};
+    for (int64_t j = 0; j < tiles; ++j) {
+      body(tile_at<kChannelThreads>(j, cin, channel * cin, taps), k, sums);
+    }
+    block_sum4(sums);
+    if (threadIdx.x == 0) {
+      for (int row = 0; row < 4; ++row) {
+        grad_coeffs[row * cout + channel] = static_cast<scalar_t>(sums[row]);
+      }
+    }
+  }
 }
 
 template <typename scalar_t, int TAPS, int KH, int KW>
@@ -161,13 +201,10 @@ __global__ void rda_rhs_kernel(const scalar_t* __restrict__ theta, const scalar_
   const int H = KH > 0 ? KH : h;
   const int W = KW > 0 ? KW : w;
   const int taps = H * W;
-  const int64_t slices = cout * cin;
-  const int64_t tiles = (slices + kThreads - 1) / kThreads;
-  for (int64_t k = blockIdx.x; k < tiles; k += gridDim.x) {
-    const Tile t = tile_at(k, kThreads, slices);
-    copy_coalesced(tile, theta + t.first * taps, static_cast<int64_t>(t.count) * taps);
+  for_each_tile<kThreads>(cout * cin, taps, [&](const Tile& t) {
+    copy_coalesced(tile, theta + t.offset, t.count);
     __syncthreads();
-    if (static_cast<int>(threadIdx.x) < t.count) {
+    if (t.active) {
       scalar_t* own = tile + threadIdx.x * taps;
       acc_t slice[TAPS];
       acc_t q[TAPS];
@@ -177,9 +214,9 @@ __global__ void rda_rhs_kernel(const scalar_t* __restrict__ theta, const scalar_
       store(own, q, taps);
     }
     __syncthreads();
-    copy_coalesced(out + t.first * taps, tile, static_cast<int64_t>(t.count) * taps);
+    copy_coalesced(out + t.offset, tile, t.count);
     __syncthreads();
-  }
+  });
 }
 
 template <typename scalar_t, int TAPS, int KH, int KW>
@@ -192,47 +229,32 @@ __global__ void rda_rhs_backward_kernel(const scalar_t* __restrict__ grad, const
   const int H = KH > 0 ? KH : h;
   const int W = KW > 0 ? KW : w;
   const int taps = H * W;
-  const int64_t tiles = (cin + kChannelThreads - 1) / kChannelThreads;
-  for (int64_t channel = blockIdx.x; channel < cout; channel += gridDim.x) {
-    const auto k = coefficients_at<scalar_t, acc_t>(coeffs, cout, channel);
-    acc_t sums[4] = {0, 0, 0, 0};
-    for (int64_t j = 0; j < tiles; ++j) {
-      const Tile t = tile_at(j, kChannelThreads, cin);
-      const int64_t offset = (channel * cin + t.first) * taps;
-      const int64_t count = static_cast<int64_t>(t.count) * taps;
-      const bool active = static_cast<int>(threadIdx.x) < t.count;
-      scalar_t* own = tile + threadIdx.x * taps;
-      acc_t slice[TAPS];
-      acc_t q_bar[TAPS];
-      acc_t slice_bar[TAPS];
-      copy_coalesced(tile, theta + offset, count);
-      __syncthreads();
-      if (active) {
-        load(slice, own, taps);
-      }
-      __syncthreads();
-      copy_coalesced(tile, grad + offset, count);
-      __syncthreads();
-      if (active) {
-        load(q_bar, own, taps);
-        RDA_UNROLL
-        for (int e = 0; e < taps; ++e) {
-          slice_bar[e] = acc_t(0);
-        }
-        rda_slice_backward(slice, q_bar, slice_bar, sums, H, W, k, reaction);
-        store(own, slice_bar, taps);
-      }
-      __syncthreads();
-      copy_coalesced(grad_theta + offset, tile, count);
-      __syncthreads();
+  for_each_channel_tile(coeffs, grad_coeffs, cout, cin, taps, [&](const Tile& t, const auto& k, acc_t* sums) {
+    scalar_t* own = tile + threadIdx.x * taps;
+    acc_t slice[TAPS];
+    acc_t q_bar[TAPS];
+    acc_t slice_bar[TAPS];
+    copy_coalesced(tile, theta + t.offset, t.count);
+    __syncthreads();
+    if (t.active) {
+      load(slice, own, taps);
     }
-    block_sum4(sums);
-    if (threadIdx.x == 0) {
-      for (int row = 0; row < 4; ++row) {
-        grad_coeffs[row * cout + channel] = static_cast<scalar_t>(sums[row]);
+    __syncthreads();
+    copy_coalesced(tile, grad + t.offset, t.count);
+    __syncthreads();
+    if (t.active) {
+      load(q_bar, own, taps);
+      RDA_UNROLL
+      for (int e = 0; e < taps; ++e) {
+        slice_bar[e] = acc_t(0);
       }
+      rda_slice_backward(slice, q_bar, slice_bar, sums, H, W, k, reaction);
+      store(own, slice_bar, taps);
     }
-  }
+    __syncthreads();
+    copy_coalesced(grad_theta + t.offset, tile, t.count);
+    __syncthreads();
+  });
 }
 
 // Every thread of the block runs the step, also one past the last slice (on the
@@ -248,15 +270,9 @@ __global__ void rda_rk_step_kernel(const scalar_t* __restrict__ theta, const sca
   const int H = KH > 0 ? KH : h;
   const int W = KW > 0 ? KW : w;
   const int taps = H * W;
-  const int64_t slices = cout * cin;
-  const int64_t tiles = (slices + kThreads - 1) / kThreads;
-  for (int64_t k = blockIdx.x; k < tiles; k += gridDim.x) {
-    const Tile t = tile_at(k, kThreads, slices);
-    const int64_t offset = t.first * taps;
-    const int64_t count = static_cast<int64_t>(t.count) * taps;
-    const bool active = static_cast<int>(threadIdx.x) < t.count;
-    const int mine = active ? static_cast<int>(threadIdx.x) : 0;
-    copy_coalesced(tile, theta + offset, count);
+  for_each_tile<kThreads>(cout * cin, taps, [&](const Tile& t) {
+    const int mine = t.active ? static_cast<int>(threadIdx.x) : 0;
+    copy_coalesced(tile, theta + t.offset, t.count);
     __syncthreads();
     acc_t slice[TAPS];
     acc_t q[STAGES][TAPS];
@@ -264,14 +280,14 @@ __global__ void rda_rk_step_kernel(const scalar_t* __restrict__ theta, const sca
     rda_rk_slice<TAPS, scalar_t>(slice, q, H, W, coefficients_at<scalar_t, acc_t>(coeffs, cout, (t.first + mine) / cin),
                                  reaction, tab, [&](int i, const acc_t* x) {
                                    __syncthreads();
-                                   if (active) {
+                                   if (t.active) {
                                      store(tile + mine * taps, x, taps);
                                    }
                                    __syncthreads();
-                                   copy_coalesced(outs.items[i - 1] + offset, tile, count);
+                                   copy_coalesced(outs.items[i - 1] + t.offset, tile, t.count);
                                  });
     __syncthreads();
-  }
+  });
 }
 
 template <typename scalar_t, int TAPS, int KH, int KW, int STAGES>
@@ -285,70 +301,55 @@ __global__ void rda_rk_step_backward_kernel(StageArray<const scalar_t*> grads, c
   const int W = KW > 0 ? KW : w;
   const int taps = H * W;
   const int stages = tab.stages;
-  const int64_t tiles = (cin + kChannelThreads - 1) / kChannelThreads;
-  for (int64_t channel = blockIdx.x; channel < cout; channel += gridDim.x) {
-    const auto k = coefficients_at<scalar_t, acc_t>(coeffs, cout, channel);
-    acc_t sums[4] = {0, 0, 0, 0};
-    for (int64_t j = 0; j < tiles; ++j) {
-      const Tile t = tile_at(j, kChannelThreads, cin);
-      const int64_t offset = (channel * cin + t.first) * taps;
-      const int64_t count = static_cast<int64_t>(t.count) * taps;
-      const bool active = static_cast<int>(threadIdx.x) < t.count;
-      scalar_t* own = tile + threadIdx.x * taps;
-      acc_t slice[TAPS];
-      // The gradients of the outputs in their dtype, as read: the stage inputs'
-      // in `inner`, the new weight's in `last`. Indexed by constants once the
-      // stage loops unroll (the last stage's number is known at run time only).
-      scalar_t inner[STAGES][TAPS];
-      scalar_t last[TAPS];
-      copy_coalesced(tile, theta + offset, count);
-      __syncthreads();
-      if (active) {
-        load(slice, own, taps);
+  for_each_channel_tile(coeffs, grad_coeffs, cout, cin, taps, [&](const Tile& t, const auto& k, acc_t* sums) {
+    scalar_t* own = tile + threadIdx.x * taps;
+    acc_t slice[TAPS];
+    // The gradients of the outputs in their dtype, as read: the stage inputs'
+    // in `inner`, the new weight's in `last`. Indexed by constants once the
+    // stage loops unroll (the last stage's number is known at run time only).
+    scalar_t inner[STAGES][TAPS];
+    scalar_t last[TAPS];
+    copy_coalesced(tile, theta + t.offset, t.count);
+    __syncthreads();
+    if (t.active) {
+      load(slice, own, taps);
+    }
+    RDA_UNROLL
+    for (int i = 0; i < STAGES; ++i) {
+      if (i >= stages) {
+        break;
       }
-      RDA_UNROLL
-      for (int i = 0; i < STAGES; ++i) {
-        if (i >= stages) {
-          break;
-        }
-        __syncthreads();
-        copy_coalesced(tile, grads.items[i] + offset, count);
-        __syncthreads();
-        if (active) {
-          RDA_UNROLL
-          for (int e = 0; e < taps; ++e) {
-            if (i == stages - 1) {
-              last[e] = own[e];
-            } else {
-              inner[i][e] = own[e];
-            }
+      __syncthreads();
+      copy_coalesced(tile, grads.items[i] + t.offset, t.count);
+      __syncthreads();
+      if (t.active) {
+        RDA_UNROLL
+        for (int e = 0; e < taps; ++e) {
+          if (i == stages - 1) {
+            last[e] = own[e];
+          } else {
+            inner[i][e] = own[e];
           }
         }
       }
-      if (active) {
-        acc_t q[STAGES][TAPS];
-        acc_t q_bar[STAGES][TAPS];
-        acc_t slice_bar[TAPS];
-        const auto grad = [&](int i, int e) {
-          return static_cast<acc_t>(i == stages ? last[e] : inner[i - 1][e]);
-        };
-        // rho is evaluated again in the second sweep rather than kept: the
-        // thread's arrays stay those of q and q_bar.
-        rda_rk_slice_backward<TAPS, scalar_t>(slice, grad, q, q_bar, static_cast<acc_t(*)[TAPS]>(nullptr),
-                                              slice_bar, sums, H, W, k, reaction, tab);
-        store(own, slice_bar, taps);
-      }
-      __syncthreads();
-      copy_coalesced(grad_theta + offset, tile, count);
-      __syncthreads();
     }
-    block_sum4(sums);
-    if (threadIdx.x == 0) {
-      for (int row = 0; row < 4; ++row) {
-        grad_coeffs[row * cout + channel] = static_cast<scalar_t>(sums[row]);
-      }
+    if (t.active) {
+      acc_t q[STAGES][TAPS];
+      acc_t q_bar[STAGES][TAPS];
+      acc_t slice_bar[TAPS];
+      const auto grad = [&](int i, int e) {
+        return static_cast<acc_t>(i == stages ? last[e] : inner[i - 1][e]);
+      };
+      // rho is evaluated again in the second sweep rather than kept: the
+      // thread's arrays stay those of q and q_bar.
+      rda_rk_slice_backward<TAPS, scalar_t>(slice, grad, q, q_bar, static_cast<acc_t(*)[TAPS]>(nullptr), slice_bar,
+                                            sums, H, W, k, reaction, tab);
+      store(own, slice_bar, taps);
     }
-  }
+    __syncthreads();
+    copy_coalesced(grad_theta + t.offset, tile, t.count);
+    __syncthreads();
+  });
 }
 
 int64_t slice_blocks(int64_t slices, int threads) {
