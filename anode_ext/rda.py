@@ -17,13 +17,14 @@ the ANODEv2 paper names RDA dynamics but its exact operators are not public.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from . import _library  # noqa: F401  (registers torch.ops.anode_ext)
-from .tableau import Tableau
+from .tableau import Tableau, get_tableau
 
 __all__ = ["REACTIONS", "RDA", "rda_rhs", "rda_rk_step", "release_rda_buffers"]
 
@@ -72,7 +73,8 @@ def _flat_lower(tableau: Tableau) -> list[float]:
     return [w for row in tableau.a for w in row]
 
 
-def rda_rk_step(theta: Tensor, coefficients: Tensor, tableau: Tableau, h: float, reaction: str = "tanh") -> list[Tensor]:
+def rda_rk_step(theta: Tensor, coefficients: Tensor, tableau: Tableau | str, h: float,
+                reaction: str = "tanh") -> list[Tensor]:
     """Take one explicit Runge–Kutta step of ``dtheta/dt = q(theta)`` (see ``rda_rhs``),
     each filter's stages computed in one fused pass (one filter per GPU thread).
 
@@ -81,8 +83,9 @@ def rda_rk_step(theta: Tensor, coefficients: Tensor, tableau: Tableau, h: float,
 
     Args:
         theta, coefficients, reaction: as for ``rda_rhs``.
-        tableau: an explicit method of at most 8 stages.
-        h: the step size (a time), a real number.
+        tableau: an explicit method of at most 8 stages, or its name in ``TABLEAUX``.
+        h: the step size (a time), a finite real number (or a tensor holding one that
+            does not require grad).
 
     Returns:
         A list of s tensors of theta's shape and dtype, s the tableau's stages: the stage
@@ -90,9 +93,14 @@ def rda_rk_step(theta: Tensor, coefficients: Tensor, tableau: Tableau, h: float,
         after the step.
 
     Raises:
-        ValueError: an unknown reaction.
-        RuntimeError: as for ``rda_rhs``, or a tableau of more than 8 stages.
+        ValueError: an unknown reaction or method name.
+        TypeError: h is not a real number.
+        RuntimeError: as for ``rda_rhs``, a tableau of more than 8 stages, or an h that
+            is not finite.
     """
+    tableau = get_tableau(tableau)
+    if isinstance(h, bool) or not isinstance(h, (numbers.Real, Tensor)):
+        raise TypeError(f"rda_rk_step: h must be a real number, got {type(h).__name__}")
     if isinstance(h, Tensor) and h.requires_grad:
         raise ValueError(
             "rda_rk_step: h is a tensor that requires grad, but the fused step takes h as a constant and gives "
@@ -107,23 +115,43 @@ def _dense(theta: Tensor) -> Tensor:
     return torch.empty(theta.shape, dtype=theta.dtype, device=theta.device)
 
 
+def _on_theta_device(op: str, theta: Tensor, coefficients: Tensor, grads: Sequence[Tensor] = ()) -> None:
+    """The compiled kernels' device check, in the fake kernels: a call with a tensor on
+    the meta device reaches these also when theta is real, and would otherwise return
+    theta-shaped memory nobody wrote."""
+    torch._check(
+        coefficients.device == theta.device,
+        lambda: f"{op}: coefficients are on {coefficients.device} but theta is on {theta.device}; "
+        "expected both on one device",
+    )
+    for grad in grads:
+        torch._check(
+            grad.device == theta.device,
+            lambda: f"{op}: a gradient is on {grad.device} but theta is on {theta.device}; expected theta's device",
+        )
+
+
 @torch.library.register_fake("anode_ext::rda_rhs")
 def _rda_rhs_fake(theta, coefficients, reaction):
+    _on_theta_device("rda_rhs", theta, coefficients)
     return _dense(theta)
 
 
 @torch.library.register_fake("anode_ext::rda_rhs_backward")
 def _rda_rhs_backward_fake(grad, theta, coefficients, reaction):
+    _on_theta_device("rda_rhs_backward", theta, coefficients, [grad])
     return _dense(theta), _dense(coefficients)
 
 
 @torch.library.register_fake("anode_ext::rda_rk_step")
 def _rda_rk_step_fake(theta, coefficients, reaction, a, b, h):
+    _on_theta_device("rda_rk_step", theta, coefficients)
     return [_dense(theta) for _ in b]
 
 
 @torch.library.register_fake("anode_ext::rda_rk_step_backward")
 def _rda_rk_step_backward_fake(grads, theta, coefficients, reaction, a, b, h):
+    _on_theta_device("rda_rk_step_backward", theta, coefficients, grads)
     return _dense(theta), _dense(coefficients)
 
 

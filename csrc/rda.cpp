@@ -45,20 +45,29 @@ RdaGeometry check_rda_args(const char* op, const at::Tensor& theta, const at::Te
   return g;
 }
 
-void check_rda_tableau(at::ArrayRef<double> a, at::ArrayRef<double> b) {
+void check_rda_tableau(const char* op, at::ArrayRef<double> a, at::ArrayRef<double> b, double h) {
   const int64_t s = static_cast<int64_t>(b.size());
-  TORCH_CHECK(s >= 1 && s <= kRdaMaxStages, "rda_rk_step: the tableau has ", s,
-              " stages; expected 1 to ", kRdaMaxStages);
-  TORCH_CHECK(static_cast<int64_t>(a.size()) == s * (s - 1) / 2, "rda_rk_step: got ", a.size(),
-              " entries of a for ", s, " stages; expected ", s * (s - 1) / 2,
-              " (the strictly lower triangle, row by row)");
+  TORCH_CHECK(s >= 1 && s <= kRdaMaxStages, op, ": the tableau has ", s, " stages; expected 1 to ",
+              kRdaMaxStages);
+  TORCH_CHECK(static_cast<int64_t>(a.size()) == s * (s - 1) / 2, op, ": got ", a.size(), " entries of a for ", s,
+              " stages; expected ", s * (s - 1) / 2, " (the strictly lower triangle, row by row)");
+  for (const double x : a) {
+    TORCH_CHECK(std::isfinite(x), op, ": an entry of a is ", x, "; expected finite tableau entries");
+  }
+  for (const double x : b) {
+    TORCH_CHECK(std::isfinite(x), op, ": an entry of b is ", x, "; expected finite tableau entries");
+  }
+  TORCH_CHECK(std::isfinite(h), op, ": h is ", h, "; expected a finite step size");
 }
 
-void check_rda_grad(const char* op, const at::Tensor& grad, const at::Tensor& theta) {
-  TORCH_CHECK(grad.sizes() == theta.sizes() && grad.scalar_type() == theta.scalar_type() &&
-                  grad.device() == theta.device(),
-              op, ": a gradient has shape ", grad.sizes(), ", dtype ", grad.scalar_type(), " on ",
-              grad.device(), "; expected theta's shape ", theta.sizes(), ", dtype and device");
+void check_rda_grads(const char* op, at::TensorList grads, size_t outputs, const at::Tensor& theta) {
+  TORCH_CHECK(grads.size() == outputs, op, ": got ", grads.size(), " gradients for ", outputs, " outputs");
+  for (const at::Tensor& grad : grads) {
+    TORCH_CHECK(grad.sizes() == theta.sizes() && grad.scalar_type() == theta.scalar_type() &&
+                    grad.device() == theta.device(),
+                op, ": a gradient has shape ", grad.sizes(), ", dtype ", grad.scalar_type(), " on ",
+                grad.device(), "; expected theta's shape ", theta.sizes(), ", dtype and device");
+  }
 }
 
 }  // namespace anode_ext

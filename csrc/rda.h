@@ -349,8 +349,12 @@ struct RdaGeometry {
 };
 RdaGeometry check_rda_args(const char* op, const at::Tensor& theta, const at::Tensor& coefficients,
                            int64_t reaction);
-void check_rda_tableau(at::ArrayRef<double> a, at::ArrayRef<double> b);
-void check_rda_grad(const char* op, const at::Tensor& grad, const at::Tensor& theta);
+// The tableau of a step op: 1 to kRdaMaxStages stages, the strictly lower triangle
+// of a, finite entries and a finite h.
+void check_rda_tableau(const char* op, at::ArrayRef<double> a, at::ArrayRef<double> b, double h);
+// The gradients a backward op takes: `outputs` of them, each of theta's shape,
+// dtype and device.
+void check_rda_grads(const char* op, at::TensorList grads, size_t outputs, const at::Tensor& theta);
 
 template <typename acc_t>
 inline RdaTableau<acc_t> make_rda_tableau(at::ArrayRef<double> a, at::ArrayRef<double> b,

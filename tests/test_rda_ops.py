@@ -269,8 +269,71 @@ def test_tableau_errors():
     nine = Tableau([[0.0] * i for i in range(9)], [1 / 9] * 9)
     with pytest.raises(RuntimeError, match="the tableau has 9 stages; expected 1 to 8"):
         rda_rk_step(torch.zeros(3, 2), torch.zeros(4, 3), nine, 0.1)
-    with pytest.raises(RuntimeError, match="got 2 entries of a for 2 stages; expected 1"):
+    with pytest.raises(RuntimeError, match="rda_rk_step: got 2 entries of a for 2 stages; expected 1"):
         ops.rda_rk_step(torch.zeros(3, 2), torch.zeros(4, 3), 0, [0.5, 0.5], [0.5, 0.5], 0.1)
+    grads = [torch.zeros(3, 2), torch.zeros(3, 2)]
+    with pytest.raises(RuntimeError, match="rda_rk_step_backward: got 2 entries of a for 2 stages"):
+        ops.rda_rk_step_backward(grads, torch.zeros(3, 2), torch.zeros(4, 3), 0, [0.5, 0.5], [0.5, 0.5], 0.1)
+    with pytest.raises(RuntimeError, match="rda_rk_step_backward: got 1 gradients for 2 outputs"):
+        ops.rda_rk_step_backward(grads[:1], torch.zeros(3, 2), torch.zeros(4, 3), 0, [0.5], [0.5, 0.5], 0.1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_step_or_tableau_is_refused(bad, device):
+    # Tableau refuses such entries; the ops refuse them from any caller, also in h.
+    theta, coefficients = sample((3, 2, 3, 3), device=device)
+    with pytest.raises(RuntimeError, match="rda_rk_step: h is .*; expected a finite step size"):
+        rda_rk_step(theta, coefficients, TABLEAUX["rk4"], bad)
+    with pytest.raises(RuntimeError, match="an entry of a is .*; expected finite tableau entries"):
+        ops.rda_rk_step(theta, coefficients, 0, [bad], [0.0, 1.0], 0.1)
+    with pytest.raises(RuntimeError, match="rda_rk_step_backward: an entry of b is .*; expected finite"):
+        ops.rda_rk_step_backward([theta, theta], theta, coefficients, 0, [0.5], [0.0, bad], 0.1)
+
+
+def test_step_takes_a_method_name_and_refuses_other_objects():
+    theta, coefficients = sample((3, 2, 3, 3))
+    by_name = rda_rk_step(theta, coefficients, "midpoint", 0.2)
+    for a, b in zip(by_name, rda_rk_step(theta, coefficients, TABLEAUX["midpoint"], 0.2)):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="unknown method 'rk5'; expected one of"):
+        rda_rk_step(theta, coefficients, "rk5", 0.2)
+    with pytest.raises(TypeError, match="h must be a real number, got str"):
+        rda_rk_step(theta, coefficients, "midpoint", "0.2")
+
+
+def test_a_meta_tensor_beside_a_real_theta_is_refused():
+    # A meta argument sends the call to the fake kernels, also when theta is real: they
+    # must refuse it rather than return theta-shaped memory nobody wrote.
+    theta, coefficients = sample((3, 2, 3, 3))
+    meta = coefficients.to("meta")
+    on_meta = "coefficients are on meta but theta is on cpu; expected both on one device"
+    with pytest.raises(RuntimeError, match=f"rda_rhs: {on_meta}"):
+        rda_rhs(theta, meta)
+    with pytest.raises(RuntimeError, match=f"rda_rk_step: {on_meta}"):
+        rda_rk_step(theta, meta, TABLEAUX["rk4"], 0.1)
+    gradient_on_meta = "a gradient is on meta but theta is on cpu"
+    with pytest.raises(RuntimeError, match=f"rda_rhs_backward: {gradient_on_meta}"):
+        ops.rda_rhs_backward(theta.to("meta"), theta, coefficients, 0)
+    with pytest.raises(RuntimeError, match=f"rda_rk_step_backward: {gradient_on_meta}"):
+        ops.rda_rk_step_backward([theta, theta.to("meta")], theta, coefficients, 0, [0.5], [0.0, 1.0], 0.1)
+    assert rda_rhs(theta.to("meta"), meta).device.type == "meta"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_weights_without_taps_cost_nothing_per_filter(device):
+    # 2^40 filters of no taps: no memory behind theta, and none may be asked for (the
+    # coefficient gradients are summed per filter) nor any work done per filter.
+    theta = torch.empty(1, 2**40, 0, 3, device=device)
+    coefficients = torch.ones(4, 1, device=device)
+    assert rda_rhs(theta, coefficients).shape == theta.shape
+    assert [o.shape for o in rda_rk_step(theta, coefficients, TABLEAUX["midpoint"], 0.1)] == [theta.shape] * 2
+    for grad_theta, grad_coefficients in (
+        ops.rda_rhs_backward(theta, theta, coefficients, 0),
+        ops.rda_rk_step_backward([theta, theta], theta, coefficients, 0, [0.5], [0.0, 1.0], 0.1),
+    ):
+        assert grad_theta.shape == theta.shape
+        assert torch.equal(grad_coefficients, torch.zeros_like(coefficients))
 
 
 def test_learnable_step_size_and_large_filters_are_refused():

@@ -42,17 +42,22 @@ at::Tensor rda_rhs_cpu(const at::Tensor& theta, const at::Tensor& coefficients, 
   const RdaGeometry g = check_rda_args("rda_rhs", theta, coefficients, reaction);
   const at::Tensor th = theta.contiguous();
   at::Tensor out = pooled_empty_like(th);
-  kernels().rhs(th, coefficients.contiguous(), g, reaction, out);
+  if (th.numel() > 0) {
+    kernels().rhs(th, coefficients.contiguous(), g, reaction, out);
+  }
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> rda_rhs_backward_cpu(const at::Tensor& grad, const at::Tensor& theta,
                                                         const at::Tensor& coefficients, int64_t reaction) {
   const RdaGeometry g = check_rda_args("rda_rhs_backward", theta, coefficients, reaction);
-  check_rda_grad("rda_rhs_backward", grad, theta);
+  check_rda_grads("rda_rhs_backward", grad, 1, theta);
   const at::Tensor th = theta.contiguous();
   const at::Tensor co = coefficients.contiguous();
   at::Tensor grad_theta = pooled_empty_like(th);
+  if (th.numel() == 0) {  // no taps to differentiate, and no work in proportion to Cout x Cin
+    return {grad_theta, at::zeros_like(co)};
+  }
   at::Tensor grad_coefficients = at::empty_like(co);
   kernels().rhs_backward(grad.contiguous(), th, co, g, reaction, grad_theta, grad_coefficients);
   return {grad_theta, grad_coefficients};
@@ -62,13 +67,15 @@ std::vector<at::Tensor> rda_rk_step_cpu(const at::Tensor& theta, const at::Tenso
                                         int64_t reaction, at::ArrayRef<double> a,
                                         at::ArrayRef<double> b, double h) {
   const RdaGeometry g = check_rda_args("rda_rk_step", theta, coefficients, reaction);
-  check_rda_tableau(a, b);
+  check_rda_tableau("rda_rk_step", a, b, h);
   const at::Tensor th = theta.contiguous();
   std::vector<at::Tensor> outs;
   for (size_t i = 0; i < b.size(); ++i) {
     outs.push_back(pooled_empty_like(th));
   }
-  kernels().rk_step(th, coefficients.contiguous(), g, reaction, a, b, h, outs);
+  if (th.numel() > 0) {
+    kernels().rk_step(th, coefficients.contiguous(), g, reaction, a, b, h, outs);
+  }
   return outs;
 }
 
@@ -77,17 +84,18 @@ std::tuple<at::Tensor, at::Tensor> rda_rk_step_backward_cpu(at::TensorList grads
                                                             at::ArrayRef<double> a, at::ArrayRef<double> b,
                                                             double h) {
   const RdaGeometry g = check_rda_args("rda_rk_step_backward", theta, coefficients, reaction);
-  check_rda_tableau(a, b);
-  TORCH_CHECK(grads.size() == b.size(), "rda_rk_step_backward: got ", grads.size(), " gradients for ", b.size(),
-              " outputs");
-  std::vector<at::Tensor> gr;
-  for (const at::Tensor& t : grads) {
-    check_rda_grad("rda_rk_step_backward", t, theta);
-    gr.push_back(t.contiguous());
-  }
+  check_rda_tableau("rda_rk_step_backward", a, b, h);
+  check_rda_grads("rda_rk_step_backward", grads, b.size(), theta);
   const at::Tensor th = theta.contiguous();
   const at::Tensor co = coefficients.contiguous();
   at::Tensor grad_theta = pooled_empty_like(th);
+  if (th.numel() == 0) {
+    return {grad_theta, at::zeros_like(co)};
+  }
+  std::vector<at::Tensor> gr;
+  for (const at::Tensor& t : grads) {
+    gr.push_back(t.contiguous());
+  }
   at::Tensor grad_coefficients = at::empty_like(co);
   kernels().rk_step_backward(gr, th, co, g, reaction, a, b, h, grad_theta, grad_coefficients);
   return {grad_theta, grad_coefficients};

@@ -403,7 +403,7 @@ at::Tensor rda_rhs_cuda(const at::Tensor& theta, const at::Tensor& coefficients,
 std::tuple<at::Tensor, at::Tensor> rda_rhs_backward_cuda(const at::Tensor& grad, const at::Tensor& theta,
                                                          const at::Tensor& coefficients, int64_t reaction) {
   const RdaGeometry g = check_rda_args("rda_rhs_backward", theta, coefficients, reaction);
-  check_rda_grad("rda_rhs_backward", grad, theta);
+  check_rda_grads("rda_rhs_backward", grad, 1, theta);
   const c10::cuda::CUDAGuard guard(theta.device());
   const at::Tensor th = theta.contiguous();
   const at::Tensor gr = grad.contiguous();
@@ -430,7 +430,7 @@ std::tuple<at::Tensor, at::Tensor> rda_rhs_backward_cuda(const at::Tensor& grad,
 std::vector<at::Tensor> rda_rk_step_cuda(const at::Tensor& theta, const at::Tensor& coefficients, int64_t reaction,
                                          at::ArrayRef<double> a, at::ArrayRef<double> b, double h) {
   const RdaGeometry g = check_rda_args("rda_rk_step", theta, coefficients, reaction);
-  check_rda_tableau(a, b);
+  check_rda_tableau("rda_rk_step", a, b, h);
   const c10::cuda::CUDAGuard guard(theta.device());
   const at::Tensor th = theta.contiguous();
   const at::Tensor co = coefficients.contiguous();
@@ -467,16 +467,14 @@ std::tuple<at::Tensor, at::Tensor> rda_rk_step_backward_cuda(at::TensorList grad
                                                              at::ArrayRef<double> a, at::ArrayRef<double> b,
                                                              double h) {
   const RdaGeometry g = check_rda_args("rda_rk_step_backward", theta, coefficients, reaction);
-  check_rda_tableau(a, b);
+  check_rda_tableau("rda_rk_step_backward", a, b, h);
+  check_rda_grads("rda_rk_step_backward", grads, b.size(), theta);
   const int stages = static_cast<int>(b.size());
-  TORCH_CHECK(static_cast<int>(grads.size()) == stages, "rda_rk_step_backward: got ", grads.size(),
-              " gradients for ", stages, " outputs");
   const c10::cuda::CUDAGuard guard(theta.device());
   const at::Tensor th = theta.contiguous();
   const at::Tensor co = coefficients.contiguous();
   std::vector<at::Tensor> gr;
   for (const at::Tensor& t : grads) {
-    check_rda_grad("rda_rk_step_backward", t, theta);
     gr.push_back(t.contiguous());
   }
   at::Tensor grad_theta = at::empty_like(th);
